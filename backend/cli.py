@@ -1,0 +1,110 @@
+"""The worker's command line: ``serve``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from backend.server import create_app
+from backend.settings import WorkerSettings, load_worker_settings
+from gateway.config import ConfigError
+from gateway.logs import configure_logging
+from gateway.serving import serve
+from gateway.tls import server_context
+
+logger = logging.getLogger("backend")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Warden inference worker")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    serve_cmd = commands.add_parser("serve", help="serve the OpenAI-compatible API over mTLS")
+    serve_cmd.add_argument("--config", help="settings YAML file (WARDEN_WORKER_* variables override it)")
+    serve_cmd.add_argument("--model", help="'default' (the bundled SmolLM2-135M-Instruct) or a path")
+    serve_cmd.add_argument("--served-model-name")
+    serve_cmd.add_argument("--dtype", choices=["auto", "bfloat16", "float32"])
+    serve_cmd.add_argument("--host")
+    serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument("--tls-cert", type=Path, help="the worker's certificate (PEM)")
+    serve_cmd.add_argument("--tls-key", type=Path, help="the worker's private key (PEM)")
+    serve_cmd.add_argument("--tls-ca", type=Path, help="CA that signs allowed client certificates")
+    serve_cmd.add_argument(
+        "--allow-client",
+        action="append",
+        dest="allowed_clients",
+        metavar="NAME",
+        help="client identity (SAN or CN) allowed to connect; repeatable; default: any from --tls-ca",
+    )
+    serve_cmd.add_argument(
+        "--insecure-dev",
+        action="store_true",
+        default=None,
+        help="serve plain HTTP without certificates (local experiments only; never in production)",
+    )
+    serve_cmd.set_defaults(handler=run_serve)
+    return parser
+
+
+def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
+    return load_worker_settings(
+        args.config,
+        overrides={
+            "model": args.model,
+            "served_model_name": args.served_model_name,
+            "dtype": args.dtype,
+            "host": args.host,
+            "port": args.port,
+            "insecure_dev": args.insecure_dev,
+            "tls": {
+                "cert": args.tls_cert,
+                "key": args.tls_key,
+                "ca": args.tls_ca,
+                "allowed_clients": args.allowed_clients,
+            },
+        },
+    )
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    configure_logging(settings.log_level)
+    if settings.tls.complete():
+        context = server_context(settings.tls.files(), require_client_cert=True)
+    else:
+        context = None
+        logger.warning(
+            "INSECURE: serving plain HTTP without client authentication (--insecure-dev). "
+            "Anyone who can reach this port can use the model. Never use this outside a local experiment."
+        )
+    logger.info(
+        "worker starting",
+        extra={
+            "host": settings.host,
+            "port": settings.port,
+            "mtls": context is not None,
+            "model": settings.model,
+        },
+    )
+    serve(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        ssl_context=context,
+        graceful_shutdown_s=settings.graceful_shutdown_s,
+        log_level=settings.log_level,
+        allowed_clients=settings.tls.allowed_clients if context is not None else (),
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return result

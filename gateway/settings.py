@@ -1,0 +1,91 @@
+"""The gateway's typed settings: a YAML file (``--config``) plus ``WARDEN_GATEWAY_*`` overrides."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from gateway.config import StrictModel, load_settings
+from gateway.tls import TlsFiles
+
+ENV_PREFIX = "WARDEN_GATEWAY_"
+
+
+class ServerTlsSettings(StrictModel):
+    """TLS for the gateway's own listener (clients to gateway). Optional behind a TLS-terminating proxy."""
+
+    cert: Path
+    key: Path
+
+    def files(self) -> TlsFiles:
+        return TlsFiles(cert=self.cert, key=self.key)
+
+
+class UpstreamTlsSettings(StrictModel):
+    """How the gateway verifies a worker (``ca``) and proves itself to it (``cert``/``key``: mTLS)."""
+
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _cert_and_key_together(self) -> UpstreamTlsSettings:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key must be given together")
+        return self
+
+    def files(self) -> TlsFiles:
+        return TlsFiles(ca=self.ca, cert=self.cert, key=self.key)
+
+
+class UpstreamSettings(StrictModel):
+    """A pool of workers that serve the same models."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    models: list[str] = Field(min_length=1)
+    workers: list[str] = Field(min_length=1)
+    tls: UpstreamTlsSettings = UpstreamTlsSettings()
+    # For OpenAI-compatible workers that are not ours and authenticate with a key instead of mTLS.
+    api_key: SecretStr | None = None
+    connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
+    max_connections: int = Field(default=256, ge=1, le=10_000)
+
+    @field_validator("workers")
+    @classmethod
+    def _https_only(cls, workers: list[str]) -> list[str]:
+        for url in workers:
+            if not url.startswith("https://"):
+                raise ValueError(f"worker URL must use https:// (got {url!r})")
+        return workers
+
+
+class GatewaySettings(StrictModel):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    tls: ServerTlsSettings | None = None
+    upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @model_validator(mode="after")
+    def _unique_upstream_names(self) -> GatewaySettings:
+        names = [u.name for u in self.upstreams]
+        if len(names) != len(set(names)):
+            raise ValueError("upstream names must be unique")
+        return self
+
+
+def load_gateway_settings(
+    path: str | Path | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> GatewaySettings:
+    return load_settings(GatewaySettings, path, env_prefix=ENV_PREFIX, environ=environ, overrides=overrides)

@@ -1,0 +1,1 @@
+"""Connections from the gateway to inference workers."""
