@@ -1,0 +1,1 @@
+"""The inference engine: sequences, KV block accounting, scheduling, model running, the step loop."""

@@ -1,0 +1,1 @@
+"""Loading checkpoints (GGUF files, Hugging Face directories) and their tokenizers."""
