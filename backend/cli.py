@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from backend import generate
 from backend.server import create_app
 from backend.settings import WorkerSettings, load_worker_settings
 from gateway.config import ConfigError
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="serve plain HTTP without certificates (local experiments only; never in production)",
     )
     serve_cmd.set_defaults(handler=run_serve)
+    generate.register(commands)
     return parser
 
 
