@@ -12,8 +12,15 @@ from dataclasses import dataclass
 import torch
 
 from backend.engine.block_manager import CopyOp
+from backend.engine.decode_groups import split_into_groups
 from backend.engine.scheduler import ScheduledSeq, SchedulerOutput
-from backend.layers.attention import AttentionMetadata, PrefillSpan, causal_mask_with_context
+from backend.layers.attention import (
+    AttentionMetadata,
+    DecodeGroup,
+    PrefillSpan,
+    causal_mask_with_context,
+    gather_index,
+)
 from backend.models.llama import LlamaForCausalLM
 
 
@@ -35,37 +42,37 @@ class ModelRunner:
         self.model = model
         self.device = model.device
         self.block_size = block_size
+        self.num_blocks = num_blocks
+        self.kv_heads = cfg.num_key_value_heads
         self.kv_cache = torch.zeros(
             cfg.num_hidden_layers,
             2,
+            cfg.num_key_value_heads,
             num_blocks,
             block_size,
-            cfg.num_key_value_heads,
             cfg.head_dim,
             dtype=model.dtype,
             device=self.device,
         )
         self.kv_caches = list(self.kv_cache.unbind(0))
-        self._gather_shape = (block_size, cfg.num_key_value_heads, cfg.head_dim)
-        self._gather_k = torch.empty((0, *self._gather_shape), dtype=model.dtype, device=self.device)
+        self._row_shape = (block_size, cfg.head_dim)
+        self._gather_k = torch.empty((0, *self._row_shape), dtype=model.dtype, device=self.device)
         self._gather_v = torch.empty_like(self._gather_k)
 
     @torch.inference_mode()
     def execute(self, out: SchedulerOutput) -> StepResult:
         self._copy_blocks(out.copies)
-        # Decode tokens (one per sequence) first, then prefill chunks: attention splits there.
-        decodes = [s for s in out.scheduled if s.num_new_tokens == 1 and s.seq.num_computed_tokens > 0]
-        prefills = [s for s in out.scheduled if not (s.num_new_tokens == 1 and s.seq.num_computed_tokens > 0)]
-        ordered = [(item, False) for item in decodes] + [(item, True) for item in prefills]
+        # Decode tokens (one per sequence, shortest context first) lead; prefill chunks follow.
+        decodes = sorted((s for s in out.scheduled if _is_decode(s)), key=lambda s: s.seq.num_computed_tokens)
+        prefills = [s for s in out.scheduled if not _is_decode(s)]
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []
         logits_rows: list[int] = []
         sampled: list[ScheduledSeq] = []
         spans: list[PrefillSpan] = []
-        masks: dict[int, torch.Tensor] = {}
         bs = self.block_size
-        for item, is_prefill in ordered:
+        for item in decodes + prefills:
             seq, start = item.seq, item.seq.num_computed_tokens
             end = start + item.num_new_tokens
             first = len(input_ids)
@@ -73,18 +80,12 @@ class ModelRunner:
             positions.extend(range(start, end))
             table = seq.block_table
             slots.extend(table[p // bs] * bs + p % bs for p in range(start, end))
-            if is_prefill:
-                block_ids = None
-                if start > 0:
-                    block_ids = torch.tensor(table[: -(-end // bs)], dtype=torch.long, device=self.device)
-                    masks[first] = causal_mask_with_context(end - start, end, self.device)
-                spans.append(PrefillSpan(first, len(input_ids), end, block_ids))
+            if first >= len(decodes):
+                spans.append(self._prefill_span(table, first, start, end))
             if item.completes:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(item)
-        meta = AttentionMetadata(
-            slot_mapping=self._tensor(slots), num_decode=len(decodes), prefills=spans, prefill_masks=masks
-        )
+        meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=spans)
         if decodes:
             self._decode_metadata(decodes, meta)
         logits = self.model.forward(
@@ -92,26 +93,51 @@ class ModelRunner:
         )
         return StepResult(logits, sampled)
 
+    def _prefill_span(self, table: list[int], first: int, start: int, end: int) -> PrefillSpan:
+        span = PrefillSpan(first, first + end - start, end, None)
+        if start > 0:  # a cached prefix or an earlier chunk: attend over the cache
+            blocks = self._tensor([table[: -(-end // self.block_size)]])
+            span.gather_index = gather_index(blocks, self.kv_heads, self.num_blocks)
+            span.mask = causal_mask_with_context(end - start, end, self.device)
+        return span
+
     def _decode_metadata(self, decodes: list[ScheduledSeq], meta: AttentionMetadata) -> None:
         bs = self.block_size
-        context_lens = [s.seq.num_computed_tokens + 1 for s in decodes]
-        max_blocks = -(-max(context_lens) // bs)
-        tables = [s.seq.block_table[:max_blocks] + [0] * (max_blocks - len(s.seq.block_table)) for s in decodes]
-        # Padded entries point at block 0; the mask hides them.
-        meta.decode_block_tables = self._tensor(tables)
-        lens = self._tensor(context_lens).unsqueeze(1)
-        cols = torch.arange(max_blocks * bs, device=self.device).unsqueeze(0)
-        meta.decode_mask = (cols < lens).view(len(decodes), 1, 1, max_blocks * bs)
-        rows = len(decodes) * max_blocks
-        if self._gather_k.shape[0] < rows:
-            self._gather_k = torch.empty((rows, *self._gather_shape), dtype=self.model.dtype, device=self.device)
+        block_counts = [-(-(s.seq.num_computed_tokens + 1) // bs) for s in decodes]
+        offset = 0
+        for start, end in split_into_groups(block_counts):
+            width = block_counts[end - 1]
+            members = decodes[start:end]
+            # Padded entries point at block 0; the mask hides them.
+            tables = self._tensor(
+                [s.seq.block_table[:width] + [0] * (width - len(s.seq.block_table)) for s in members]
+            )
+            lens = self._tensor([s.seq.num_computed_tokens + 1 for s in members]).unsqueeze(1)
+            cols = torch.arange(width * bs, device=self.device).unsqueeze(0)
+            mask = torch.zeros((len(members), width * bs), device=self.device).masked_fill_(
+                cols >= lens, float("-inf")
+            )
+            index = gather_index(tables, self.kv_heads, self.num_blocks)
+            meta.decode_groups.append(
+                DecodeGroup(start, end, width * bs, index, mask.view(len(members), 1, 1, width * bs), offset)
+            )
+            offset += index.numel()
+        if self._gather_k.shape[0] < offset:
+            self._gather_k = torch.empty(
+                (offset, *self._row_shape), dtype=self.model.dtype, device=self.device
+            )
             self._gather_v = torch.empty_like(self._gather_k)
-        meta.gather_k = self._gather_k[:rows]
-        meta.gather_v = self._gather_v[:rows]
+        meta.gather_k = self._gather_k
+        meta.gather_v = self._gather_v
 
     def _copy_blocks(self, copies: list[CopyOp]) -> None:
         for op in copies:
-            self.kv_cache[:, :, op.dst].copy_(self.kv_cache[:, :, op.src])
+            self.kv_cache[:, :, :, op.dst].copy_(self.kv_cache[:, :, :, op.src])
 
     def _tensor(self, values: list[int] | list[list[int]]) -> torch.Tensor:
         return torch.tensor(values, dtype=torch.long, device=self.device)
+
+
+def _is_decode(item: ScheduledSeq) -> bool:
+    """One new token on top of a computed context: the decode path (any chunk of one token qualifies)."""
+    return item.num_new_tokens == 1 and item.seq.num_computed_tokens > 0

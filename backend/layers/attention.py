@@ -1,8 +1,12 @@
 """Paged attention in plain torch: KV written by slot, decode over gathered blocks, causal prefill.
 
-The KV cache of a layer is ``[2, num_blocks, block_size, kv_heads, head_dim]``. A step's tokens
-are laid out flat with all decode tokens (one per sequence) first, then the prefill chunks. Per
-step metadata (slot mapping, block tables, masks, reusable gather buffers) travels in one
+The KV cache of a layer is ``[2, kv_heads, num_blocks, block_size, head_dim]``: head-major, so
+that gathering a sequence's blocks for one head yields the contiguous ``[context, head_dim]``
+matrix that a batched matmul reads directly (measured: the token-major layout needs a transpose
+copy and pushes SDPA onto a path several times slower for one query per sequence).
+
+A step's tokens are laid out flat: decode tokens first (one per sequence, grouped by context
+length so that each group pads little), then prefill chunks. Per-step metadata travels in one
 ``AttentionMetadata`` built once by the model runner and shared by every layer.
 """
 
@@ -15,35 +19,45 @@ import torch.nn.functional as F
 
 
 @dataclass(slots=True)
+class DecodeGroup:
+    """Decode tokens ``start:end`` whose contexts are gathered together, padded to ``max_len``."""
+
+    start: int
+    end: int
+    max_len: int
+    gather_index: torch.Tensor  # [rows * kv_heads * blocks] rows of the flattened [kv_heads * blocks] cache
+    mask: torch.Tensor  # [rows, 1, 1, max_len] float32: 0 to attend, -inf for padding
+    buffer_offset: int  # first row of this group in the shared gather buffers
+
+
+@dataclass(slots=True)
 class PrefillSpan:
     start: int  # first flat token index of this chunk
     end: int  # one past the last
     context_len: int  # tokens in the cache for this sequence once the chunk is written
-    block_ids: torch.Tensor | None  # blocks covering the context; None when the chunk is the whole context
-
-    @property
-    def num_tokens(self) -> int:
-        return self.end - self.start
+    gather_index: torch.Tensor | None  # cache rows of the context; None when the chunk is the whole context
+    mask: torch.Tensor | None = None  # [1, 1, chunk, context] bool causal mask with the cached prefix
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [tokens] flat slot index of each token's KV
-    num_decode: int = 0
-    decode_block_tables: torch.Tensor | None = None  # [decodes, max_blocks]
-    decode_mask: torch.Tensor | None = None  # [decodes, 1, 1, max_blocks * block_size], True = attend
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
     prefills: list[PrefillSpan] = field(default_factory=list)
-    # Gather buffers reused by every layer of the step: [decodes * max_blocks, block_size, kv_heads, dim].
+    # Gather buffers reused by every layer of the step: [rows, block_size, head_dim].
     gather_k: torch.Tensor | None = None
     gather_v: torch.Tensor | None = None
-    prefill_masks: dict[int, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def num_decode(self) -> int:
+        return self.decode_groups[-1].end if self.decode_groups else 0
 
 
 def write_kv(kv_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
     """Store this step's keys and values at their slots. ``k``/``v``: [tokens, kv_heads, dim]."""
-    _, num_blocks, block_size, kv_heads, dim = kv_cache.shape
-    kv_cache[0].view(num_blocks * block_size, kv_heads, dim).index_copy_(0, slot_mapping, k)
-    kv_cache[1].view(num_blocks * block_size, kv_heads, dim).index_copy_(0, slot_mapping, v)
+    _, kv_heads, num_blocks, block_size, dim = kv_cache.shape
+    kv_cache[0].view(kv_heads, num_blocks * block_size, dim).index_copy_(1, slot_mapping, k.transpose(0, 1))
+    kv_cache[1].view(kv_heads, num_blocks * block_size, dim).index_copy_(1, slot_mapping, v.transpose(0, 1))
 
 
 def paged_attention(
@@ -56,30 +70,38 @@ def paged_attention(
 ) -> torch.Tensor:
     """``q``: [tokens, heads, dim]; ``k``/``v``: [tokens, kv_heads, dim]. Returns [tokens, heads, dim]."""
     write_kv(kv_cache, k, v, meta.slot_mapping)
-    if meta.num_decode and not meta.prefills:
-        return _decode(q, kv_cache, meta, scale)
+    if len(meta.decode_groups) == 1 and not meta.prefills:
+        return _decode(q, kv_cache, meta.decode_groups[0], meta, scale)
     out = torch.empty_like(q)
-    if meta.num_decode:
-        out[: meta.num_decode] = _decode(q[: meta.num_decode], kv_cache, meta, scale)
+    for group in meta.decode_groups:
+        out[group.start : group.end] = _decode(q[group.start : group.end], kv_cache, group, meta, scale)
     for span in meta.prefills:
-        out[span.start : span.end] = _prefill(q, k, v, kv_cache, span, meta, scale)
+        out[span.start : span.end] = _prefill(q, k, v, kv_cache, span, scale)
     return out
 
 
-def _decode(q: torch.Tensor, kv_cache: torch.Tensor, meta: AttentionMetadata, scale: float) -> torch.Tensor:
-    if meta.decode_block_tables is None or meta.gather_k is None or meta.gather_v is None:
-        raise ValueError("decode tokens without block tables or gather buffers")
-    n = meta.num_decode
-    _, _, block_size, kv_heads, dim = kv_cache.shape
-    flat_tables = meta.decode_block_tables.reshape(-1)
-    keys = torch.index_select(kv_cache[0], 0, flat_tables, out=meta.gather_k)
-    values = torch.index_select(kv_cache[1], 0, flat_tables, out=meta.gather_v)
-    keys = keys.view(n, -1, kv_heads, dim).transpose(1, 2)
-    values = values.view(n, -1, kv_heads, dim).transpose(1, 2)
-    out = F.scaled_dot_product_attention(
-        q[:n].unsqueeze(2), keys, values, attn_mask=meta.decode_mask, scale=scale, enable_gqa=True
-    )
-    return out.squeeze(2)
+def _decode(
+    q: torch.Tensor, kv_cache: torch.Tensor, group: DecodeGroup, meta: AttentionMetadata, scale: float
+) -> torch.Tensor:
+    """One query per sequence: scores and weighted sums as two batched matmuls per (sequence, kv head)."""
+    if meta.gather_k is None or meta.gather_v is None:
+        raise ValueError("decode tokens without gather buffers")
+    rows, heads, dim = q.shape
+    _, kv_heads, _, block_size, _ = kv_cache.shape
+    group_size = heads // kv_heads
+    n = group.gather_index.numel()
+    out_k = meta.gather_k[group.buffer_offset : group.buffer_offset + n]
+    out_v = meta.gather_v[group.buffer_offset : group.buffer_offset + n]
+    keys = torch.index_select(kv_cache[0].view(-1, block_size, dim), 0, group.gather_index, out=out_k)
+    values = torch.index_select(kv_cache[1].view(-1, block_size, dim), 0, group.gather_index, out=out_v)
+    keys = keys.view(rows * kv_heads, group.max_len, dim)
+    values = values.view(rows * kv_heads, group.max_len, dim)
+    # Query heads sharing a kv head become the rows of one small matmul against that head's keys.
+    queries = q.reshape(rows * kv_heads, group_size, dim)
+    scores = torch.bmm(queries, keys.transpose(1, 2)).float().view(rows, kv_heads, group_size, group.max_len)
+    probs = torch.softmax(scores * scale + group.mask, dim=-1).to(q.dtype)
+    out = torch.bmm(probs.view(rows * kv_heads, group_size, group.max_len), values)
+    return out.view(rows, heads, dim)
 
 
 def _prefill(
@@ -88,27 +110,24 @@ def _prefill(
     v: torch.Tensor,
     kv_cache: torch.Tensor,
     span: PrefillSpan,
-    meta: AttentionMetadata,
     scale: float,
 ) -> torch.Tensor:
     q_span = q[span.start : span.end].transpose(0, 1).unsqueeze(0)  # [1, heads, n, dim]
-    if span.block_ids is None:
+    if span.gather_index is None:
         # The chunk is the whole context: plain causal attention over its own keys.
         k_span = k[span.start : span.end].transpose(0, 1).unsqueeze(0)
         v_span = v[span.start : span.end].transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(q_span, k_span, v_span, is_causal=True, scale=scale, enable_gqa=True)
-    else:
-        _, _, block_size, kv_heads, dim = kv_cache.shape
-        keys = kv_cache[0].index_select(0, span.block_ids).view(-1, kv_heads, dim)[: span.context_len]
-        values = kv_cache[1].index_select(0, span.block_ids).view(-1, kv_heads, dim)[: span.context_len]
-        mask = meta.prefill_masks[span.start]
         out = F.scaled_dot_product_attention(
-            q_span,
-            keys.transpose(0, 1).unsqueeze(0),
-            values.transpose(0, 1).unsqueeze(0),
-            attn_mask=mask,
-            scale=scale,
-            enable_gqa=True,
+            q_span, k_span, v_span, is_causal=True, scale=scale, enable_gqa=True
+        )
+    else:
+        _, kv_heads, _, block_size, dim = kv_cache.shape
+        keys = kv_cache[0].view(-1, block_size, dim).index_select(0, span.gather_index)
+        values = kv_cache[1].view(-1, block_size, dim).index_select(0, span.gather_index)
+        keys = keys.view(1, kv_heads, -1, dim)[:, :, : span.context_len]
+        values = values.view(1, kv_heads, -1, dim)[:, :, : span.context_len]
+        out = F.scaled_dot_product_attention(
+            q_span, keys, values, attn_mask=span.mask, scale=scale, enable_gqa=True
         )
     return out.squeeze(0).transpose(0, 1)
 
@@ -119,3 +138,10 @@ def causal_mask_with_context(num_tokens: int, context_len: int, device: torch.de
     rows = torch.arange(num_tokens, device=device).unsqueeze(1) + offset
     cols = torch.arange(context_len, device=device).unsqueeze(0)
     return (cols <= rows).view(1, 1, num_tokens, context_len)
+
+
+def gather_index(block_tables: torch.Tensor, kv_heads: int, num_blocks: int) -> torch.Tensor:
+    """Rows of the flattened ``[kv_heads * num_blocks, block_size, dim]`` cache, by (seq, head, block)."""
+    rows, blocks = block_tables.shape
+    heads = torch.arange(kv_heads, device=block_tables.device).view(1, kv_heads, 1) * num_blocks
+    return (heads + block_tables.view(rows, 1, blocks)).reshape(-1)

@@ -34,7 +34,9 @@ class LayerWeights:
 
 
 class LlamaForCausalLM:
-    def __init__(self, config: ModelConfig, weights: dict[str, torch.Tensor], *, device: torch.device) -> None:
+    def __init__(
+        self, config: ModelConfig, weights: dict[str, torch.Tensor], *, device: torch.device
+    ) -> None:
         self.config = config
         self.device = device
 

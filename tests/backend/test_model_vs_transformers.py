@@ -46,8 +46,13 @@ def build(arch: str, **extra: Any) -> tuple[torch.nn.Module, LlamaForCausalLM]:
     scaling = None
     if extra.get("rope_scaling"):
         s = extra["rope_scaling"]
-        scaling = RopeScaling("llama3", s["factor"], s["low_freq_factor"], s["high_freq_factor"],
-                              s["original_max_position_embeddings"])
+        scaling = RopeScaling(
+            "llama3",
+            s["factor"],
+            s["low_freq_factor"],
+            s["high_freq_factor"],
+            s["original_max_position_embeddings"],
+        )
     config = ModelConfig(
         architecture="qwen2" if arch == "qwen2" else "llama",
         vocab_size=VOCAB,
@@ -124,13 +129,22 @@ def prompts_of(lengths: list[int], seed: int = 0) -> list[list[int]]:
         ("qwen2", {}),
         (
             "llama",
-            {"rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                              "high_freq_factor": 4.0, "original_max_position_embeddings": 64}},
+            {
+                "rope_scaling": {
+                    "rope_type": "llama3",
+                    "factor": 8.0,
+                    "low_freq_factor": 1.0,
+                    "high_freq_factor": 4.0,
+                    "original_max_position_embeddings": 64,
+                }
+            },
         ),
     ],
     ids=["llama-gqa", "qwen2-bias-tied", "llama3-rope-scaling"],
 )
-def test_logits_match_transformers_for_prefill_and_every_decode_step(arch: str, extra: dict[str, Any]) -> None:
+def test_logits_match_transformers_for_prefill_and_every_decode_step(
+    arch: str, extra: dict[str, Any]
+) -> None:
     hf, model = build(arch, **extra)
     worst, _, blocks = drive(hf, model, prompts_of([1, 7, 23, 40]), new_tokens=6, budget=512)
     assert worst < 1e-4

@@ -46,7 +46,12 @@ def check_invariants(bm: BlockManager, sched: Scheduler, live: list[Sequence]) -
 
 
 @settings(max_examples=60, deadline=None)
-@given(requests=request_strategy, num_blocks=st.integers(4, 24), budget=st.integers(1, 48), seed=st.integers(0, 9))
+@given(
+    requests=request_strategy,
+    num_blocks=st.integers(4, 24),
+    budget=st.integers(1, 48),
+    seed=st.integers(0, 9),
+)
 def test_random_workloads_keep_every_invariant(
     requests: list[tuple[int, int, str | None, int, bool]], num_blocks: int, budget: int, seed: int
 ) -> None:
@@ -61,8 +66,13 @@ def test_random_workloads_keep_every_invariant(
         if length + max_tokens > capacity:
             continue  # the engine rejects these up front
         prompt = [family * 1000 + t for t in range(length)]
-        s = Sequence(f"r{i}", prompt, SamplingParams(max_tokens=max_tokens, temperature=0),
-                     arrival_time=float(i), cache_salt=salt)
+        s = Sequence(
+            f"r{i}",
+            prompt,
+            SamplingParams(max_tokens=max_tokens, temperature=0),
+            arrival_time=float(i),
+            cache_salt=salt,
+        )
         sched.add(s)
         live.append(s)
         if aborted:
@@ -76,7 +86,9 @@ def test_random_workloads_keep_every_invariant(
         assert out.scheduled or out.preempted, "a step with work must schedule or preempt"
         for item in out.scheduled:
             assert item.num_new_tokens >= 1
-            assert len(item.seq.block_table) * block_size >= item.seq.num_computed_tokens + item.num_new_tokens
+            assert (
+                len(item.seq.block_table) * block_size >= item.seq.num_computed_tokens + item.num_new_tokens
+            )
         for item in out.scheduled:
             seq = item.seq
             completes = item.completes
