@@ -44,8 +44,10 @@ class EngineConfig:
     def __post_init__(self) -> None:
         if self.block_size not in (8, 16, 32, 64, 128):
             raise ValueError("block_size must be one of 8, 16, 32, 64, 128")
-        if self.kv_cache_memory_bytes < 1 << 20:
-            raise ValueError("kv_cache_memory_bytes must be at least 1 MiB")
+        if self.kv_cache_memory_bytes <= 0:
+            raise ValueError("kv_cache_memory_bytes must be positive")
+        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
 
 
 @dataclass(frozen=True, slots=True)
