@@ -13,6 +13,7 @@ from pathlib import Path
 # Each module exposes main(argv) -> int and accepts --quick and --json PATH.
 BENCHMARKS = {
     "tls_link": "bench.tls_link",
+    "engine_throughput": "bench.engine_throughput",
 }
 
 
