@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from backend.layers.attention import AttentionMetadata, paged_attention
+from backend.layers.linear import Linear
 from backend.layers.norm import rms_norm
 from backend.layers.rotary import RotaryEmbedding
 from backend.models.config import ModelConfig
@@ -25,12 +26,11 @@ class MissingWeightError(KeyError):
 @dataclass(slots=True)
 class LayerWeights:
     input_norm: torch.Tensor
-    qkv: torch.Tensor
-    qkv_bias: torch.Tensor | None
-    o_proj: torch.Tensor
+    qkv: Linear
+    o_proj: Linear
     post_norm: torch.Tensor
-    gate_up: torch.Tensor
-    down: torch.Tensor
+    gate_up: Linear
+    down: Linear
 
 
 class LlamaForCausalLM:
@@ -48,7 +48,7 @@ class LlamaForCausalLM:
 
         self.embed = take("model.embed_tokens.weight")
         self.dtype = self.embed.dtype
-        self.lm_head = self.embed if config.tie_word_embeddings else take("lm_head.weight")
+        self.lm_head = Linear(self.embed if config.tie_word_embeddings else take("lm_head.weight"))
         self.final_norm = take("model.norm.weight")
         self.layers: list[LayerWeights] = []
         for i in range(config.num_hidden_layers):
@@ -60,12 +60,13 @@ class LlamaForCausalLM:
             self.layers.append(
                 LayerWeights(
                     input_norm=take(p + "input_layernorm.weight"),
-                    qkv=qkv,
-                    qkv_bias=bias,
-                    o_proj=take(p + "self_attn.o_proj.weight"),
+                    qkv=Linear(qkv, bias),
+                    o_proj=Linear(take(p + "self_attn.o_proj.weight")),
                     post_norm=take(p + "post_attention_layernorm.weight"),
-                    gate_up=torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")]),
-                    down=take(p + "mlp.down_proj.weight"),
+                    gate_up=Linear(
+                        torch.cat([take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")])
+                    ),
+                    down=Linear(take(p + "mlp.down_proj.weight")),
                 )
             )
         self.rotary = RotaryEmbedding(
@@ -82,12 +83,11 @@ class LlamaForCausalLM:
     @property
     def weight_bytes(self) -> int:
         """Bytes read from memory per decode step (every weight once; the embedding only by rows)."""
-        tensors = [self.final_norm, self.lm_head]
-        for layer in self.layers:
-            tensors += [layer.input_norm, layer.qkv, layer.o_proj, layer.post_norm, layer.gate_up, layer.down]
-            if layer.qkv_bias is not None:
-                tensors.append(layer.qkv_bias)
-        return sum(t.numel() * t.element_size() for t in tensors)
+        norms = [self.final_norm] + [t for layer in self.layers for t in (layer.input_norm, layer.post_norm)]
+        linears = [self.lm_head] + [
+            lin for layer in self.layers for lin in (layer.qkv, layer.o_proj, layer.gate_up, layer.down)
+        ]
+        return sum(t.numel() * t.element_size() for t in norms) + sum(lin.nbytes for lin in linears)
 
     def forward(
         self,
@@ -105,17 +105,17 @@ class LlamaForCausalLM:
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             residual = hidden
             x = rms_norm(hidden, layer.input_norm, eps)
-            qkv = F.linear(x, layer.qkv, layer.qkv_bias)
+            qkv = layer.qkv(x)
             q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
             q = q.view(-1, heads, dim)
             k = k.view(-1, kv_heads, dim)
             v = v.view(-1, kv_heads, dim)
             q, k = self.rotary.apply(q, k, positions)
             attn = paged_attention(q, k, v.contiguous(), kv_cache, meta, self.scale)
-            hidden = residual + F.linear(attn.reshape(-1, heads * dim), layer.o_proj)
+            hidden = residual + layer.o_proj(attn.reshape(-1, heads * dim))
             residual = hidden
             x = rms_norm(hidden, layer.post_norm, eps)
-            gate, up = F.linear(x, layer.gate_up).chunk(2, dim=-1)
-            hidden = residual + F.linear(F.silu(gate) * up, layer.down)
+            gate, up = layer.gate_up(x).chunk(2, dim=-1)
+            hidden = residual + layer.down(F.silu(gate) * up)
         selected = hidden.index_select(0, logits_indices)
-        return F.linear(rms_norm(selected, self.final_norm, eps), self.lm_head).float()
+        return self.lm_head(rms_norm(selected, self.final_norm, eps)).float()
