@@ -97,9 +97,9 @@ def _decode(
     keys = keys.view(rows * kv_heads, group.max_len, dim)
     values = values.view(rows * kv_heads, group.max_len, dim)
     # Query heads sharing a kv head become the rows of one small matmul against that head's keys.
-    queries = q.reshape(rows * kv_heads, group_size, dim)
+    queries = (q * scale).reshape(rows * kv_heads, group_size, dim)
     scores = torch.bmm(queries, keys.transpose(1, 2)).float().view(rows, kv_heads, group_size, group.max_len)
-    probs = torch.softmax(scores * scale + group.mask, dim=-1).to(q.dtype)
+    probs = torch.softmax(scores + group.mask, dim=-1).to(q.dtype)
     out = torch.bmm(probs.view(rows * kv_heads, group_size, group.max_len), values)
     return out.view(rows, heads, dim)
 

@@ -102,16 +102,18 @@ class LlamaForCausalLM:
         heads, kv_heads, dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         eps = cfg.rms_norm_eps
         hidden = F.embedding(input_ids, self.embed)
+        cos, sin = self.rotary.tables(positions, self.dtype)  # once per step, shared by every layer
         for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
             residual = hidden
             x = rms_norm(hidden, layer.input_norm, eps)
             qkv = layer.qkv(x)
-            q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-            q = q.view(-1, heads, dim)
-            k = k.view(-1, kv_heads, dim)
-            v = v.view(-1, kv_heads, dim)
-            q, k = self.rotary.apply(q, k, positions)
-            attn = paged_attention(q, k, v.contiguous(), kv_cache, meta, self.scale)
+            # q and k sit side by side in the fused projection: rotate them in one pass.
+            qk = self.rotary.rotate(
+                qkv[:, : self.q_size + self.kv_size].view(-1, heads + kv_heads, dim), cos, sin
+            )
+            q, k = qk.split([heads, kv_heads], dim=1)
+            v = qkv[:, self.q_size + self.kv_size :].view(-1, kv_heads, dim)
+            attn = paged_attention(q, k, v, kv_cache, meta, self.scale)
             hidden = residual + layer.o_proj(attn.reshape(-1, heads * dim))
             residual = hidden
             x = rms_norm(hidden, layer.post_norm, eps)
