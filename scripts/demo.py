@@ -17,6 +17,7 @@ import httpx
 
 from gateway.pki import init_pki
 from gateway.tls import TlsFiles, client_context
+from scripts.demo_engine import run_engine_demo
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
 
@@ -102,6 +103,7 @@ def main() -> int:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         heading("Shutting down (graceful drain)")
     row("logs", str(logs))
+    run_engine_demo()
     return 1 if failed or ready.status_code != 200 else 0
 
 

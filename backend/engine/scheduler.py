@@ -86,12 +86,14 @@ class Scheduler:
             num_new = min(seq.num_uncomputed_tokens, budget, chunk_cap)
             if num_new <= 0:
                 continue
+            preempted_self = False
             while not self.blocks.can_ensure_slots(seq, num_new):
                 victim = self._pick_victim(exclude=scheduled_ids)
                 self._preempt(victim, out)
                 if victim is seq:
+                    preempted_self = True
                     break
-            if seq.status is not SequenceStatus.RUNNING:
+            if preempted_self:
                 continue
             out.copies.extend(self.blocks.ensure_slots(seq, num_new))
             out.scheduled.append(ScheduledSeq(seq, num_new))

@@ -111,7 +111,7 @@ class LlamaForCausalLM:
             qk = self.rotary.rotate(
                 qkv[:, : self.q_size + self.kv_size].view(-1, heads + kv_heads, dim), cos, sin
             )
-            q, k = qk.split([heads, kv_heads], dim=1)
+            q, k = torch.split(qk, [heads, kv_heads], dim=1)
             v = qkv[:, self.q_size + self.kv_size :].view(-1, kv_heads, dim)
             attn = paged_attention(q, k, v, kv_cache, meta, self.scale)
             hidden = residual + layer.o_proj(attn.reshape(-1, heads * dim))

@@ -26,7 +26,7 @@ def test_prefix_hit_reuses_full_blocks_and_leaves_the_last_token_to_compute() ->
     first = seq(list(range(10)))
     run_prefill(bm, first)
     bm.free(first)
-    second = seq(list(range(10)) + [99])
+    second = seq([*list(range(10)), 99])
     assert bm.admit(second, 100)
     assert second.num_computed_tokens == 8  # two full blocks of four
     assert second.num_cached_tokens == 8
@@ -46,11 +46,11 @@ def test_different_salts_never_share_blocks() -> None:
     bm = BlockManager(16, 4)
     tenant_a = seq(list(range(12)), salt="tenant-a")
     run_prefill(bm, tenant_a)
-    tenant_b = seq(list(range(12)) + [5], salt="tenant-b")
+    tenant_b = seq([*list(range(12)), 5], salt="tenant-b")
     assert bm.admit(tenant_b, 100)
     assert tenant_b.num_computed_tokens == 0
     assert not set(tenant_a.block_table) & set(tenant_b.block_table)
-    same_tenant = seq(list(range(12)) + [5], salt="tenant-a")
+    same_tenant = seq([*list(range(12)), 5], salt="tenant-a")
     assert bm.admit(same_tenant, 100)
     assert same_tenant.num_computed_tokens == 12
 
@@ -67,7 +67,7 @@ def test_hit_is_verified_by_token_equality() -> None:
     run_prefill(bm, first)
     block = bm.blocks[first.block_table[0]]
     block.token_ids = (42, 42, 42, 42)  # as if another prompt's KV sat under this hash
-    probe = seq(list(range(8)) + [1])
+    probe = seq([*list(range(8)), 1])
     assert bm.admit(probe, 100)
     assert probe.num_computed_tokens == 0
 
@@ -84,11 +84,11 @@ def test_lru_evicts_least_recently_freed_cached_blocks_first() -> None:
     newcomer = seq(list(range(200, 208)))
     run_prefill(bm, newcomer)
     bm.free(newcomer)
-    probe_recent = seq(list(range(100, 108)) + [1])
+    probe_recent = seq([*list(range(100, 108)), 1])
     assert bm.admit(probe_recent, 1)
     assert probe_recent.num_computed_tokens == 8
     bm.free(probe_recent)
-    probe_old = seq(list(range(8)) + [1])
+    probe_old = seq([*list(range(8)), 1])
     assert bm.admit(probe_old, 1)
     assert probe_old.num_computed_tokens == 0
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -233,7 +234,9 @@ def test_default_model_greedy_equals_transformers_on_the_same_gguf(default_engin
     from backend.loader import resolve_model_path
 
     path = resolve_model_path("default")
-    reference = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    reference: Any = AutoModelForCausalLM.from_pretrained(
+        path.parent, gguf_file=path.name, dtype=torch.float32
+    )
     reference.train(False)
     tokenizer = default_engine.tokenizer
     params = SamplingParams(max_tokens=32, temperature=0)

@@ -42,7 +42,7 @@ def build(arch: str, **extra: Any) -> tuple[torch.nn.Module, LlamaForCausalLM]:
     else:
         hf = HfLlama(LlamaConfig(**COMMON, tie_word_embeddings=False, **extra))
     hf.eval()
-    hc = hf.config
+    hc: Any = hf.config
     scaling = None
     if extra.get("rope_scaling"):
         s = extra["rope_scaling"]
