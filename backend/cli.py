@@ -26,7 +26,16 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--config", help="settings YAML file (WARDEN_WORKER_* variables override it)")
     serve_cmd.add_argument("--model", help="'default' (the bundled SmolLM2-135M-Instruct) or a path")
     serve_cmd.add_argument("--served-model-name")
+    serve_cmd.add_argument(
+        "--model-sha256", help="expected SHA-256 of the model (tamper check before loading)"
+    )
     serve_cmd.add_argument("--dtype", choices=["auto", "bfloat16", "float32"])
+    serve_cmd.add_argument("--kv-cache-memory", type=int, metavar="MB", help="KV cache budget in MiB")
+    serve_cmd.add_argument("--max-num-seqs", type=int, help="sequences computed together at most")
+    serve_cmd.add_argument(
+        "--block-size", type=int, choices=[8, 16, 32, 64, 128], help="KV block size in tokens"
+    )
+    serve_cmd.add_argument("--max-waiting", type=int, help="queued requests beyond which new ones get 429")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
     serve_cmd.add_argument("--tls-cert", type=Path, help="the worker's certificate (PEM)")
@@ -56,7 +65,12 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
         overrides={
             "model": args.model,
             "served_model_name": args.served_model_name,
+            "model_sha256": args.model_sha256,
             "dtype": args.dtype,
+            "kv_cache_memory_mb": args.kv_cache_memory,
+            "max_num_seqs": args.max_num_seqs,
+            "block_size": args.block_size,
+            "max_waiting": args.max_waiting,
             "host": args.host,
             "port": args.port,
             "insecure_dev": args.insecure_dev,

@@ -1,22 +1,255 @@
-"""The worker's HTTP application. Served over mTLS only (see ``backend.cli``)."""
+"""The worker's OpenAI-compatible HTTP API over the async engine. Served over mTLS only (``backend.cli``)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from backend.async_engine import AsyncEngine, EngineFailed, EngineOverloaded, EngineStopped
+from backend.engine.llm_engine import EngineConfig, InvalidRequestError, LLMEngine
+from backend.engine.output import RequestOutput
+from backend.engine.sampling_params import SamplingParamsError
+from backend.loader import ChatTemplateError
+from backend.metrics import render_metrics
+from backend.openai_api import ChatCompletionRequest, CompletionRequest
+from backend.responses import Kind, ResponseBuilder, sse
 from backend.settings import WorkerSettings
-from gateway.errors import install_error_handlers
+from gateway.bodies import parse_model, read_json
+from gateway.errors import (
+    InvalidRequest,
+    NotFound,
+    RateLimited,
+    ServiceUnavailable,
+    error_body,
+    install_error_handlers,
+)
+
+logger = logging.getLogger(__name__)
+
+EngineFactory = Callable[[WorkerSettings], LLMEngine]
 
 
-def create_app(settings: WorkerSettings) -> Starlette:
-    served_name = settings.served_model_name or settings.model
+def load_engine(settings: WorkerSettings) -> LLMEngine:
+    config = EngineConfig(
+        dtype=settings.dtype,
+        block_size=settings.block_size,
+        kv_cache_memory_bytes=settings.kv_cache_memory_mb << 20,
+        max_num_seqs=settings.max_num_seqs,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
+    )
+    return LLMEngine.from_model(settings.model, config, expected_sha256=settings.model_sha256)
+
+
+@dataclass(slots=True)
+class _State:
+    engine: AsyncEngine | None = None
+
+
+def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory = load_engine) -> Starlette:
+    state = _State()
+    model_name = settings.model_name
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_app: Starlette) -> AsyncIterator[None]:
+        engine = await asyncio.to_thread(engine_factory, settings)
+        state.engine = AsyncEngine(engine, max_waiting=settings.max_waiting)
+        state.engine.start()
+        logger.info("model ready", extra={"model": model_name, "kv_slots": engine.kv_capacity_tokens})
+        try:
+            yield
+        finally:
+            await state.engine.stop(settings.graceful_shutdown_s)
+
+    def running() -> AsyncEngine:
+        if state.engine is None:
+            raise ServiceUnavailable("the model is still loading", code="model_loading")
+        return state.engine
 
     async def health(_request: Request) -> JSONResponse:
-        return JSONResponse({"status": "ok", "model": served_name})
+        if state.engine is None:
+            return JSONResponse({"status": "loading", "model": model_name}, status_code=503)
+        return JSONResponse({"status": "ok", "model": model_name})
 
-    app = Starlette(routes=[Route("/health", health)])
+    async def models(_request: Request) -> JSONResponse:
+        card = {"id": model_name, "object": "model", "created": 0, "owned_by": "warden"}
+        return JSONResponse({"object": "list", "data": [card]})
+
+    async def metrics(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse(render_metrics(running()), media_type="text/plain; version=0.0.4")
+
+    async def chat_completions(request: Request) -> Response:
+        engine = running()
+        body = parse_model(ChatCompletionRequest, await read_json(request, settings.max_body_bytes))
+        _check_model(body.model, model_name)
+        tokenizer = engine.engine.tokenizer
+        try:
+            text = tokenizer.apply_chat_template(body.template_messages(), add_generation_prompt=True)
+        except ChatTemplateError:
+            raise InvalidRequest("the messages cannot be rendered with the model's chat template") from None
+        prompt = tokenizer.encode(text, add_special_tokens=False)
+        return await _complete(request, engine, "chat", body, prompt)
+
+    async def completions(request: Request) -> Response:
+        engine = running()
+        body = parse_model(CompletionRequest, await read_json(request, settings.max_body_bytes))
+        _check_model(body.model, model_name)
+        tokenizer = engine.engine.tokenizer
+        if isinstance(body.prompt, str):
+            prompt = tokenizer.encode(body.prompt)
+        elif isinstance(body.prompt[0], str):
+            prompt = tokenizer.encode(str(body.prompt[0]))
+        else:
+            prompt = [int(t) for t in body.prompt]
+        return await _complete(request, engine, "completion", body, prompt)
+
+    async def _complete(
+        request: Request,
+        engine: AsyncEngine,
+        kind: Kind,
+        body: ChatCompletionRequest | CompletionRequest,
+        prompt: list[int],
+    ) -> Response:
+        max_tokens = _max_tokens(
+            engine.engine, len(prompt), body.requested_max_tokens(), settings.max_tokens_cap
+        )
+        logprobs = body.logprobs_count()
+        try:
+            params = body.sampling_params(max_tokens, logprobs)
+        except SamplingParamsError as exc:
+            raise InvalidRequest(str(exc)) from None
+        request_id = f"{kind}-{uuid.uuid4().hex}"
+        outputs = engine.generate(request_id, prompt, params, cache_salt=body.cache_salt)
+        try:
+            first = await anext(outputs)
+        except EngineOverloaded as exc:
+            raise RateLimited(
+                "the worker is busy; retry later",
+                code="queue_full",
+                headers={"Retry-After": str(exc.retry_after_s)},
+            ) from None
+        except InvalidRequestError as exc:
+            raise InvalidRequest(str(exc), code="context_length_exceeded") from None
+        except (EngineStopped, EngineFailed) as exc:
+            raise ServiceUnavailable(str(exc)) from None
+        token_text = _token_text(engine)
+        builder = ResponseBuilder(kind, model_name, params.n, token_text)
+        with_logprobs = logprobs is not None
+        if body.stream:
+            events = _stream_events(builder, first, outputs, with_logprobs, body.include_usage())
+            return StreamingResponse(
+                events, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+            )
+        builder.add(first)
+        if not await _collect_unless_disconnected(request, builder, outputs):
+            return Response(status_code=499)  # nobody is left to read it; the request was aborted
+        return JSONResponse(builder.response(with_logprobs))
+
+    app = Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/metrics", metrics),
+            Route("/v1/models", models),
+            Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+            Route("/v1/completions", completions, methods=["POST"]),
+        ],
+        lifespan=lifespan,
+    )
     install_error_handlers(app)
     return app
+
+
+def _check_model(requested: str, served: str) -> None:
+    if requested != served:
+        raise NotFound(
+            f"the model {requested!r} is not served here (this worker serves {served!r})",
+            code="model_not_found",
+        )
+
+
+def _max_tokens(engine: LLMEngine, prompt_len: int, requested: int | None, cap: int) -> int:
+    available = engine.max_model_len - prompt_len
+    if available <= 0:
+        raise InvalidRequest(
+            f"the prompt has {prompt_len} tokens; the model's context is {engine.max_model_len}",
+            code="context_length_exceeded",
+        )
+    if requested is None:
+        return min(available, cap)
+    if requested > available:
+        raise InvalidRequest(
+            f"the prompt ({prompt_len} tokens) plus max_tokens ({requested}) exceeds the model's context "
+            f"of {engine.max_model_len} tokens",
+            code="context_length_exceeded",
+        )
+    if requested > cap:
+        raise InvalidRequest(f"max_tokens is limited to {cap} per request on this worker", param="max_tokens")
+    return requested
+
+
+def _token_text(engine: AsyncEngine) -> Callable[[int], str]:
+    tokenizer = engine.engine.tokenizer
+    return lambda token_id: tokenizer.decode([token_id], skip_special_tokens=False)
+
+
+async def _stream_events(
+    builder: ResponseBuilder,
+    first: RequestOutput,
+    outputs: AsyncIterator[RequestOutput],
+    with_logprobs: bool,
+    include_usage: bool,
+) -> AsyncIterator[bytes]:
+    """SSE events; a failure after the first byte ends the stream with an error event, then [DONE]."""
+    try:
+        builder.add(first)
+        yield sse(builder.chunk(first, with_logprobs))
+        async for out in outputs:
+            builder.add(out)
+            yield sse(builder.chunk(out, with_logprobs))
+        if include_usage:
+            yield sse(builder.usage_chunk())
+    except (EngineStopped, EngineFailed) as exc:
+        error = ServiceUnavailable(str(exc))
+        yield sse(error_body(error.message, error.error_type, error.code))
+    yield sse("[DONE]")
+
+
+async def _collect_unless_disconnected(
+    request: Request, builder: ResponseBuilder, outputs: AsyncIterator[RequestOutput]
+) -> bool:
+    """Gather every delta; False (and the generator closed, aborting the request) if the client left."""
+
+    async def collect() -> None:
+        async for out in outputs:
+            builder.add(out)
+
+    async def disconnected() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+    collector = asyncio.ensure_future(collect())
+    watcher = asyncio.ensure_future(disconnected())
+    done, _ = await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    if collector in done:
+        watcher.cancel()
+        exc = collector.exception()
+        if isinstance(exc, (EngineStopped, EngineFailed)):
+            raise ServiceUnavailable(str(exc))
+        if exc is not None:
+            raise exc
+        return True
+    collector.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await collector
+    await outputs.aclose()  # type: ignore[attr-defined]
+    return False

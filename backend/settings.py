@@ -34,13 +34,30 @@ class WorkerSettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     model: str = "default"
+    model_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
     served_model_name: str | None = None
     dtype: Literal["auto", "bfloat16", "float32"] = "auto"
+    kv_cache_memory_mb: int = Field(default=1024, ge=1, le=1 << 20)
+    block_size: Literal[8, 16, 32, 64, 128] = 16
+    max_num_seqs: int = Field(default=64, ge=1, le=4096)
+    max_num_batched_tokens: int = Field(default=1024, ge=16, le=1 << 20)
+    # Requests queued beyond the running ones; one more gets 429 with Retry-After.
+    max_waiting: int = Field(default=256, ge=1, le=100_000)
+    # Per-request ceiling on generated tokens, so that one request cannot hold the worker for long.
+    max_tokens_cap: int = Field(default=4096, ge=1)
+    max_body_bytes: int = Field(default=4 * 1_048_576, ge=1024, le=256 * 1_048_576)
     tls: WorkerTlsSettings = WorkerTlsSettings()
     # Plain HTTP for local experiments only; the server logs a loud warning when it is on.
     insecure_dev: bool = False
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @property
+    def model_name(self) -> str:
+        """The name clients use: ``served_model_name``, else the model file or directory name."""
+        if self.served_model_name:
+            return self.served_model_name
+        return "SmolLM2-135M-Instruct" if self.model == "default" else Path(self.model).name
 
     @model_validator(mode="after")
     def _tls_unless_insecure(self) -> WorkerSettings:

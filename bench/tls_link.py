@@ -54,10 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         mtls = client_context(TlsFiles(ca=paths.ca_cert, cert=paths.gateway_cert, key=paths.gateway_key))
         plain_port, tls_port = free_port(), free_port()
         plain = ServiceProcess.python_module(
-            "backend", "serve", "--insecure-dev", "--port", str(plain_port), log_path=root / "plain.log"
-        )
+            "backend", "serve", "--insecure-dev", "--kv-cache-memory", "16", "--port", str(plain_port),
+            log_path=root / "plain.log",
+        )  # fmt: skip
         secure = ServiceProcess.python_module(
-            "backend", "serve", "--port", str(tls_port),
+            "backend", "serve", "--port", str(tls_port), "--kv-cache-memory", "16",
             "--tls-cert", str(paths.worker_cert), "--tls-key", str(paths.worker_key),
             "--tls-ca", str(paths.ca_cert), log_path=root / "tls.log",
         )  # fmt: skip

@@ -47,7 +47,7 @@ def main() -> int:
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     logs = RUN_DIR / "logs"
     worker = ServiceProcess.python_module(
-        "backend", "serve", "--port", str(worker_port),
+        "backend", "serve", "--port", str(worker_port), "--kv-cache-memory", "256",
         "--tls-cert", str(paths.worker_cert), "--tls-key", str(paths.worker_key),
         "--tls-ca", str(paths.ca_cert), "--allow-client", "warden-gateway",
         log_path=logs / "worker.log",

@@ -76,10 +76,10 @@ def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
         return torch.float32
     if name == "bfloat16":
         return torch.bfloat16
-    # auto: bfloat16 where the hardware computes it natively, else float32.
+    # auto: bfloat16 where the hardware computes it natively (AVX512-BF16/AMX via oneDNN), else float32.
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.backends.cpu.get_cpu_capability() in ("AVX512", "AMX") else torch.float32
+    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
 
 
 def resolve_device(name: str) -> torch.device:
@@ -219,6 +219,10 @@ class LLMEngine:
 
     def has_unfinished_requests(self) -> bool:
         return bool(self._requests)
+
+    def has_request(self, request_id: str) -> bool:
+        """True while any choice of the request is still waiting or running."""
+        return request_id in self._requests
 
     # -- the step ------------------------------------------------------------------------------
 

@@ -23,6 +23,8 @@ def worker_url(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> Itera
     worker = ServiceProcess.python_module(
         "backend",
         "serve",
+        "--kv-cache-memory",
+        "16",
         "--port",
         str(port),
         "--tls-cert",
@@ -108,7 +110,14 @@ def test_worker_refuses_to_start_without_certificates() -> None:
 def test_insecure_dev_mode_warns_loudly(tmp_path: Path) -> None:
     port = free_port()
     worker = ServiceProcess.python_module(
-        "backend", "serve", "--insecure-dev", "--port", str(port), log_path=tmp_path / "insecure.log"
+        "backend",
+        "serve",
+        "--insecure-dev",
+        "--kv-cache-memory",
+        "16",
+        "--port",
+        str(port),
+        log_path=tmp_path / "insecure.log",
     ).start()
     try:
         worker.wait_http(f"http://127.0.0.1:{port}/health")

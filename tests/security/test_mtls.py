@@ -25,6 +25,8 @@ def start_worker(tmp_path: Path, cert: Path, key: Path, ca: Path, *extra: str) -
     worker = ServiceProcess.python_module(
         "backend",
         "serve",
+        "--kv-cache-memory",
+        "16",
         "--port",
         str(port),
         "--tls-cert",
