@@ -17,7 +17,7 @@ import httpx
 
 from gateway.pki import init_pki
 from gateway.tls import TlsFiles, client_context
-from scripts.demo_engine import run_engine_demo
+from scripts.demo_worker import run_worker_demo
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
 
@@ -98,12 +98,13 @@ def main() -> int:
             row("no client certificate", f"refused ({type(exc).__name__})")
             failed = False
 
+        run_worker_demo(worker_url, client_context(mtls))
+
         if args.keep:
             print("\nRunning; press Ctrl-C to stop (logs in run/demo/logs).")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         heading("Shutting down (graceful drain)")
     row("logs", str(logs))
-    run_engine_demo()
     return 1 if failed or ready.status_code != 200 else 0
 
 

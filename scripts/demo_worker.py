@@ -1,0 +1,101 @@
+"""The worker part of `make demo`: the bundled model answering over mTLS through the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import sys
+import time
+
+import httpx
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
+from openai.types.chat import ChatCompletionMessageParam
+
+QUESTIONS = [
+    "What is the capital of France?",
+    "Name three primary colors.",
+    "Give one tip for writing clear emails.",
+    "What is photosynthesis in one sentence?",
+    "Which planet is known as the red planet?",
+    "Translate 'good morning' into Spanish.",
+    "What does a compiler do?",
+    "What is the boiling point of water in Celsius?",
+]
+SYSTEM = "You are a concise assistant for a security team. Answer in one short sentence."
+
+
+def row(label: str, value: str) -> None:
+    print(f"  {label:<28} {value}")
+
+
+def chat(question: str) -> list[ChatCompletionMessageParam]:
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
+
+
+def worker_metrics(url: str, context: ssl.SSLContext) -> dict[str, float]:
+    text = httpx.get(f"{url}/metrics", verify=context, timeout=5).text
+    pairs = (line.split() for line in text.splitlines() if line and not line.startswith("#"))
+    return {name: float(value) for name, value in pairs}
+
+
+def run_worker_demo(worker_url: str, context: ssl.SSLContext) -> None:
+    print("\n== The worker answers over mTLS (openai SDK with the gateway's client certificate)")
+    client = OpenAI(
+        base_url=f"{worker_url}/v1", api_key="unused", http_client=DefaultHttpxClient(verify=context)
+    )
+    model = client.models.list().data[0].id
+    row("model", f"{model} (GGUF Q4_1, paged KV cache, continuous batching)")
+    print(f"  Q: {QUESTIONS[0]}\n  A: ", end="")
+    started, first = time.perf_counter(), None
+    for chunk in client.chat.completions.create(
+        model=model, messages=chat(QUESTIONS[0]), max_tokens=48, temperature=0, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            sys.stdout.write(chunk.choices[0].delta.content)
+            sys.stdout.flush()
+    print()
+    row("time to first token", f"{((first or started) - started) * 1000:.0f} ms (streamed as SSE)")
+
+    before = worker_metrics(worker_url, context)
+
+    async def batch() -> list[tuple[str, int]]:
+        http = DefaultAsyncHttpxClient(verify=context)
+        aclient = AsyncOpenAI(base_url=f"{worker_url}/v1", api_key="unused", http_client=http)
+
+        async def one(question: str) -> tuple[str, int]:
+            reply = await aclient.chat.completions.create(
+                model=model, messages=chat(question), max_tokens=48, temperature=0
+            )
+            tokens = reply.usage.completion_tokens if reply.usage else 0
+            return (reply.choices[0].message.content or "").strip(), tokens
+
+        try:
+            return await asyncio.gather(*(one(q) for q in QUESTIONS[1:]))
+        finally:
+            await http.aclose()
+
+    started = time.perf_counter()
+    answers = asyncio.run(batch())
+    elapsed = time.perf_counter() - started
+    for question, (answer, _) in zip(QUESTIONS[1:4], answers, strict=False):
+        print(f"  Q: {question}\n  A: {answer}")
+    generated = sum(tokens for _, tokens in answers)
+    after = worker_metrics(worker_url, context)
+    hits = (
+        after["warden_worker_prefix_cache_hits_tokens_total"]
+        - before["warden_worker_prefix_cache_hits_tokens_total"]
+    )
+    queried = (
+        after["warden_worker_prefix_cache_queries_tokens_total"]
+        - before["warden_worker_prefix_cache_queries_tokens_total"]
+    )
+    row(
+        f"{len(answers)} concurrent requests",
+        f"{generated} tokens in {elapsed:.1f} s = {generated / elapsed:.0f} tokens/s",
+    )
+    row("prefix cache", f"{hits:.0f} of {queried:.0f} prompt tokens reused (shared system prompt)")
+    row(
+        "KV blocks in use afterwards",
+        f"{after['warden_worker_kv_blocks_used']:.0f} of {after['warden_worker_kv_blocks_total']:.0f}",
+    )
