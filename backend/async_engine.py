@@ -13,7 +13,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from backend.engine.llm_engine import LLMEngine
@@ -103,7 +103,7 @@ class AsyncEngine:
         params: SamplingParams,
         *,
         cache_salt: str | None = None,
-    ) -> AsyncIterator[RequestOutput]:
+    ) -> AsyncGenerator[RequestOutput, None]:
         """Yield the request's deltas as the engine produces them; abort it if the caller goes away."""
         self.engine.validate(prompt_token_ids, params)  # InvalidRequestError before anything is queued
         stream = _Stream(asyncio.get_running_loop(), asyncio.Queue())

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass
 
 from starlette.applications import Starlette
@@ -223,7 +223,7 @@ async def _stream_events(
 
 
 async def _collect_unless_disconnected(
-    request: Request, builder: ResponseBuilder, outputs: AsyncIterator[RequestOutput]
+    request: Request, builder: ResponseBuilder, outputs: AsyncGenerator[RequestOutput, None]
 ) -> bool:
     """Gather every delta; False (and the generator closed, aborting the request) if the client left."""
 
@@ -251,5 +251,5 @@ async def _collect_unless_disconnected(
     collector.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await collector
-    await outputs.aclose()  # type: ignore[attr-defined]
+    await outputs.aclose()
     return False
