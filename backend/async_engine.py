@@ -22,6 +22,8 @@ from backend.engine.sampling_params import SamplingParams
 
 logger = logging.getLogger(__name__)
 
+ADMISSION_WINDOW_S = 0.002
+
 
 class EngineOverloaded(Exception):
     """The waiting queue is full; retry after ``retry_after_s``."""
@@ -160,6 +162,8 @@ class AsyncEngine:
             if not self.engine.has_unfinished_requests():
                 self._wake.wait()
                 self._wake.clear()
+                # Requests of a burst arrive over a few milliseconds; let them join the first step.
+                time.sleep(ADMISSION_WINDOW_S)
                 continue
             try:
                 outputs = self.engine.step()

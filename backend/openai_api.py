@@ -60,6 +60,7 @@ class _Sampling(_Strict):
     top_k: int = Field(default=0, ge=0)
     min_p: float = Field(default=0.0, ge=0.0, le=1.0)
     repetition_penalty: float = Field(default=1.0, gt=0.0, le=2.0)
+    ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
     cache_salt: str | None = Field(default=None, max_length=256)
 
     @field_validator("stop")
@@ -94,6 +95,7 @@ class _Sampling(_Strict):
             n=self.n,
             stop=self.stop_strings(),
             logprobs=logprobs,
+            ignore_eos=self.ignore_eos,
         )
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 BENCHMARKS = {
     "tls_link": "bench.tls_link",
     "engine_throughput": "bench.engine_throughput",
+    "worker_serving": "bench.worker_serving",
 }
 
 
