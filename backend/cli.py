@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from backend import generate
 from backend.server import create_app
 from backend.settings import WorkerSettings, load_worker_settings
-from gateway.config import ConfigError
+from gateway.config import run_command
 from gateway.logs import configure_logging
 from gateway.serving import serve
 from gateway.tls import server_context
@@ -117,10 +116,4 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    return result
+    return run_command(build_parser(), argv)

@@ -77,14 +77,7 @@ class ResponseBuilder:
     def response(self, with_logprobs: bool) -> dict[str, Any]:
         choices = [self._choice(i, c, with_logprobs) for i, c in enumerate(self.choices)]
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
-        return {
-            "id": self.id,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": self.usage.payload(),
-        }
+        return {**self._envelope(choices, obj), "usage": self.usage.payload()}
 
     def _choice(self, index: int, choice: Choice, with_logprobs: bool) -> dict[str, Any]:
         logprobs = self._logprobs(choice.logprobs) if with_logprobs else None
@@ -112,13 +105,15 @@ class ResponseBuilder:
             body["delta"] = delta
         else:
             body["text"] = out.text_delta
-        return self._envelope([body])
+        return self._envelope([body], self._chunk_object())
 
     def usage_chunk(self) -> dict[str, Any]:
-        return {**self._envelope([]), "usage": self.usage.payload()}
+        return {**self._envelope([], self._chunk_object()), "usage": self.usage.payload()}
 
-    def _envelope(self, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        obj = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+    def _chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.kind == "chat" else "text_completion"
+
+    def _envelope(self, choices: list[dict[str, Any]], obj: str) -> dict[str, Any]:
         return {
             "id": self.id,
             "object": obj,

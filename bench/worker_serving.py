@@ -5,7 +5,8 @@ python -m bench.worker_serving [--quick] [--json PATH]
 Requests arrive as a Poisson process (fixed seed) at several rates, and all at once ("burst").
 Each streams its completion (SSE) over a keep-alive mTLS connection from an asyncio client in
 this process; "direct" feeds the identical arrivals to ``AsyncEngine`` in this process, without
-HTTP, TLS or JSON. Both generate exactly each request's output length (``ignore_eos``).
+HTTP, TLS or JSON. The two alternate per rate, and every run has its own cache salt.
+Both generate exactly each request's output length (``ignore_eos``).
 Throughput = output tokens / (last completion - first arrival). The client shares the machine's
 two cores with the worker, so its own parsing is part of the measured cost.
 """
@@ -101,23 +102,23 @@ def params_for(request: Request) -> SamplingParams:
     return SamplingParams(max_tokens=request.output_len, temperature=0, ignore_eos=True)
 
 
-def direct_submit(engine: AsyncEngine) -> Submit:
+def direct_submit(engine: AsyncEngine, salt: str) -> Submit:
     async def submit(request: Request, started: float) -> list[float]:
         times: list[float] = []
-        async for out in engine.generate(
-            request.request_id + str(time.perf_counter()), request.prompt_token_ids, params_for(request)
-        ):
+        request_id = f"{salt}-{request.request_id}"
+        stream = engine.generate(request_id, request.prompt_token_ids, params_for(request), cache_salt=salt)
+        async for out in stream:
             times.extend(time.perf_counter() - started for _ in out.new_token_ids)
         return times
 
     return submit
 
 
-def http_submit(client: httpx.AsyncClient, url: str) -> Submit:
+def http_submit(client: httpx.AsyncClient, url: str, salt: str) -> Submit:
     async def submit(request: Request, started: float) -> list[float]:
         body = {
             "model": "bench", "prompt": request.prompt_token_ids, "max_tokens": request.output_len,
-            "temperature": 0, "ignore_eos": True, "stream": True,
+            "temperature": 0, "ignore_eos": True, "stream": True, "cache_salt": salt,
         }  # fmt: skip
         times: list[float] = []
         async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
@@ -134,26 +135,32 @@ def engine_config() -> EngineConfig:
     return EngineConfig(dtype="bfloat16", kv_cache_memory_bytes=KV_MB << 20, max_num_seqs=64)
 
 
-async def measure_direct(requests: list[Request], rates: tuple[float, ...]) -> dict[str, RunResult]:
+async def measure(
+    requests: list[Request], rates: tuple[float, ...], url: str, context: ssl.SSLContext
+) -> tuple[dict[str, RunResult], dict[str, RunResult]]:
+    """Direct and HTTP runs alternate per rate, so drift on a shared machine hits both alike.
+
+    Every run has its own cache salt: no run is served from another run's prefix cache.
+    """
     engine = AsyncEngine(LLMEngine.from_model("default", engine_config()), max_waiting=10_000)
     engine.start()
+    limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
+    direct: dict[str, RunResult] = {}
+    served: dict[str, RunResult] = {}
     try:
-        await run_workload(requests[:2], [0.0, 0.0], direct_submit(engine))  # warm-up
-        return {str(rate): await run_workload(requests, arrivals(len(requests), rate), direct_submit(engine))
-                for rate in rates}  # fmt: skip
+        async with httpx.AsyncClient(verify=context, timeout=600, limits=limits) as client:
+            warm = requests[:2], [0.0, 0.0]
+            await run_workload(*warm, direct_submit(engine, "warmup"))
+            await run_workload(*warm, http_submit(client, url, "warmup"))  # and the TLS handshakes
+            for rate in rates:
+                offsets = arrivals(len(requests), rate)
+                direct[str(rate)] = await run_workload(requests, offsets, direct_submit(engine, f"d{rate}"))
+                served[str(rate)] = await run_workload(
+                    requests, offsets, http_submit(client, url, f"h{rate}")
+                )
     finally:
         await engine.stop(1)
-
-
-async def measure_http(requests: list[Request], rates: tuple[float, ...], url: str,
-                       context: ssl.SSLContext) -> dict[str, RunResult]:  # fmt: skip
-    limits = httpx.Limits(max_connections=len(requests), max_keepalive_connections=len(requests))
-    async with httpx.AsyncClient(verify=context, timeout=600, limits=limits) as client:
-        submit = http_submit(client, url)
-        await run_workload(requests[:2], [0.0, 0.0], submit)  # warm-up (and TLS handshakes)
-        return {
-            str(rate): await run_workload(requests, arrivals(len(requests), rate), submit) for rate in rates
-        }
+    return direct, served
 
 
 def start_worker(root: Path) -> tuple[ServiceProcess, str, ssl.SSLContext]:
@@ -181,16 +188,15 @@ def main(argv: list[str] | None = None) -> int:
     requests = build_workload(token_stream(tokenizer_engine.tokenizer.encode, 20_000), mode.shape)
     del tokenizer_engine
 
-    direct = asyncio.run(measure_direct(requests, mode.rates))
     with tempfile.TemporaryDirectory() as tmp:
         worker, url, context = start_worker(Path(tmp))
         try:
-            served = asyncio.run(measure_http(requests, mode.rates, url, context))
+            direct, served = asyncio.run(measure(requests, mode.rates, url, context))
         finally:
             worker.stop()
 
     rows = []
-    worst = 0.0
+    worst = float("-inf")
     for rate in map(str, mode.rates):
         d, h = direct[rate], served[rate]
         overhead = 1 - h.output_tok_s / d.output_tok_s

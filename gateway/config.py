@@ -7,8 +7,10 @@ the declared type, ``[a, b]`` and ``{k: v}`` are read as YAML). Anything invalid
 
 from __future__ import annotations
 
+import argparse
 import os
-from collections.abc import Mapping
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -122,3 +124,14 @@ def _describe(exc: ValidationError, source: str, env_prefix: str) -> str:
         key = ".".join(str(part) for part in error["loc"]) or "<root>"
         lines.append(f"  {key}: {error['msg']}")
     return "\n".join(lines)
+
+
+def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
+    """Parse ``argv`` and run the chosen subcommand's handler; configuration errors exit 2, no traceback."""
+    args = parser.parse_args(argv)
+    try:
+        result: int = args.handler(args)
+    except ConfigError as exc:
+        print(f"configuration error: {exc}", file=sys.stderr)
+        return 2
+    return result

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Sequence
 
 from gateway.cli import certs, serve
-from gateway.config import ConfigError
+from gateway.config import run_command
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,10 +18,4 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        result: int = args.handler(args)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
-    return result
+    return run_command(build_parser(), argv)

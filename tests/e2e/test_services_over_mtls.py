@@ -15,31 +15,18 @@ from gateway.pki import PkiPaths
 from gateway.tls import TlsFiles, client_context
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
+from tests.support.worker import launch_worker
 
 
 @pytest.fixture(scope="module")
 def worker_url(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    port = free_port()
-    worker = ServiceProcess.python_module(
-        "backend",
-        "serve",
-        "--kv-cache-memory",
-        "16",
-        "--port",
-        str(port),
-        "--tls-cert",
-        str(pki.worker_cert),
-        "--tls-key",
-        str(pki.worker_key),
-        "--tls-ca",
-        str(pki.ca_cert),
-        "--allow-client",
-        "warden-gateway",
-        log_path=tmp_path_factory.mktemp("worker") / "worker.log",
-    ).start()
+    log_dir = tmp_path_factory.mktemp("worker")
+    worker, url = launch_worker(
+        log_dir, pki.worker_cert, pki.worker_key, pki.ca_cert, "--allow-client", "warden-gateway"
+    )
     verify = client_context(TlsFiles(ca=pki.ca_cert, cert=pki.gateway_cert, key=pki.gateway_key))
-    worker.wait_http(f"https://localhost:{port}/health", verify=verify)
-    yield f"https://localhost:{port}"
+    worker.wait_http(f"{url}/health", verify=verify)
+    yield url
     worker.stop()
 
 

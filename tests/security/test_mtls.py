@@ -12,8 +12,8 @@ import pytest
 
 from gateway.pki import PkiPaths, Usage, issue_leaf, load_issued, write_issued
 from gateway.tls import TlsFiles, client_context, server_context
-from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
+from tests.support.worker import launch_worker
 
 
 def gateway_context(pki: PkiPaths) -> ssl.SSLContext:
@@ -21,24 +21,7 @@ def gateway_context(pki: PkiPaths) -> ssl.SSLContext:
 
 
 def start_worker(tmp_path: Path, cert: Path, key: Path, ca: Path, *extra: str) -> tuple[ServiceProcess, str]:
-    port = free_port()
-    worker = ServiceProcess.python_module(
-        "backend",
-        "serve",
-        "--kv-cache-memory",
-        "16",
-        "--port",
-        str(port),
-        "--tls-cert",
-        str(cert),
-        "--tls-key",
-        str(key),
-        "--tls-ca",
-        str(ca),
-        *extra,
-        log_path=tmp_path / f"worker-{port}.log",
-    ).start()
-    return worker, f"https://localhost:{port}"
+    return launch_worker(tmp_path, cert, key, ca, *extra)
 
 
 @pytest.fixture(scope="module")
