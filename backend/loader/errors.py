@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 
 class ModelLoadError(Exception):
@@ -15,3 +17,14 @@ class ModelLoadError(Exception):
 
 class ChatTemplateError(Exception):
     """A chat template failed to compile or render, or tried to reach outside its sandbox."""
+
+
+def json_object(raw: bytes, path: Path) -> dict[str, Any]:
+    """Parse a JSON object from a checkpoint file; anything else is a ``ModelLoadError`` naming it."""
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"invalid JSON ({exc})", path=path) from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError("expected a JSON object", path=path)
+    return data

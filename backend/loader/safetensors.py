@@ -7,7 +7,6 @@ bytes whose SHA-256 was checked. Every header entry is bounds-checked before any
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import mmap
@@ -20,7 +19,7 @@ from typing import IO, Any
 
 import torch
 
-from backend.loader.errors import ModelLoadError
+from backend.loader.errors import ModelLoadError, json_object
 from backend.loader.hf_config import config_from_hf
 from backend.loader.integrity import ExpectedDigest, verify_files
 from backend.loader.tokenizer import TOKENIZER_FILES, TokenizerBundle, tokenizer_from_hf_files
@@ -65,7 +64,7 @@ def model_files(directory: Path) -> tuple[list[str], list[str]]:
 def _index_shards(raw: bytes, path: Path) -> list[str]:
     if len(raw) > _MAX_INDEX_BYTES:
         raise ModelLoadError(f"index is larger than {_MAX_INDEX_BYTES} bytes", path=path)
-    weight_map = _json(raw, path).get("weight_map")
+    weight_map = json_object(raw, path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise ModelLoadError("weight_map is missing or empty", path=path)
     shards = sorted(set(map(str, weight_map.values())))
@@ -96,9 +95,9 @@ def load_hf_dir(
             raise ModelLoadError("the index changed while loading", path=directory / INDEX_FILE)
         generation = contents.get("generation_config.json")
         config = config_from_hf(
-            _json(contents["config.json"], directory / "config.json"),
+            json_object(contents["config.json"], directory / "config.json"),
             directory / "config.json",
-            None if generation is None else _json(generation, directory / "generation_config.json"),
+            None if generation is None else json_object(generation, directory / "generation_config.json"),
         )
         tokenizer = tokenizer_from_hf_files(directory, contents)
         located = _locate_tensors(files, shards, config, directory)
@@ -157,7 +156,7 @@ def _read_header(file: IO[bytes], path: Path) -> dict[str, dict[str, Any]]:
     (length,) = struct.unpack("<Q", prefix)
     if length > min(_MAX_HEADER_BYTES, size - 8):
         raise ModelLoadError(f"header length {length} exceeds the file ({size} bytes)", path=path)
-    header = _json(file.read(length), path)
+    header = json_object(file.read(length), path)
     header.pop("__metadata__", None)
     data_size = size - 8 - length
     for name, entry in header.items():
@@ -204,13 +203,3 @@ def _tensor(mapped: mmap.mmap, entry: dict[str, Any], dtype: torch.dtype | None)
     view = torch.frombuffer(mapped, dtype=stored, count=count, offset=entry["start"])
     # A copy in the compute dtype, so nothing keeps the mapping alive.
     return view.view(shape).to(dtype, copy=True)
-
-
-def _json(raw: bytes, path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"invalid JSON ({exc})", path=path) from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError("expected a JSON object", path=path)
-    return data

@@ -6,7 +6,6 @@ decides whether a prompt starts with BOS, whichever file format the tokenizer ca
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 from tokenizers import Tokenizer
 
 from backend.loader.chat_template import extract_chat_template, render_chat_template
-from backend.loader.errors import ChatTemplateError, ModelLoadError
+from backend.loader.errors import ChatTemplateError, ModelLoadError, json_object
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +88,7 @@ def tokenizer_from_hf_files(directory: Path, contents: Mapping[str, bytes]) -> T
             f"cannot parse tokenizer.json ({exc})", path=directory / "tokenizer.json"
         ) from exc
     config = (
-        _json_object(contents["tokenizer_config.json"], config_path) if config_path.name in contents else {}
+        json_object(contents["tokenizer_config.json"], config_path) if config_path.name in contents else {}
     )
 
     def token(name: str) -> str | None:
@@ -148,13 +147,3 @@ def _post_processor_adds(tokenizer: Tokenizer, bos_id: int | None) -> bool:
     plain = tokenizer.encode("a", add_special_tokens=False).ids
     special = tokenizer.encode("a", add_special_tokens=True).ids
     return len(special) > len(plain) and special[0] == bos_id
-
-
-def _json_object(raw: bytes, path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"cannot read JSON ({exc})", path=path) from exc
-    if not isinstance(data, dict):
-        raise ModelLoadError("expected a JSON object", path=path)
-    return data
