@@ -33,7 +33,7 @@ def _llama3_scaled(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
 
 
 class RotaryEmbedding:
-    """Precomputed cos/sin tables for every position; ``apply`` rotates q and k in place of copies."""
+    """Precomputed cos/sin tables for every position; ``rotate`` turns queries and keys by them."""
 
     def __init__(
         self,
@@ -49,18 +49,17 @@ class RotaryEmbedding:
         freqs = torch.outer(positions, inv_freq)
         emb = torch.cat((freqs, freqs), dim=-1)
         self.cos = emb.cos().to(device)
-        self.sin = emb.sin().to(device)
+        # rotate_half(x) * sin == roll(x, half) * (sin with its first half negated): one roll instead of
+        # slice, neg and cat, with bit-identical results (a sign flip is exact).
+        half = head_dim // 2
+        sin = emb.sin()
+        self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device)
+        self.half = half
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for ``positions`` as [tokens, 1, dim] in ``dtype`` (computed once per step)."""
         return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)
 
-    @staticmethod
-    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         """``x``: [tokens, heads, dim] (queries and keys alike) rotated by its positions' angles."""
-        return x * cos + _rotate_half(x) * sin
-
-
-def _rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        return x * cos + x.roll(self.half, dims=-1) * sin
