@@ -1,4 +1,1 @@
-"""Warden worker: the bundled inference worker, served over mTLS only.
-
-Kept import-free so that ``python -m backend --help`` and the settings load without torch.
-"""
+"""Warden worker: the bundled inference worker (engine, loaders, OpenAI API), served over mTLS only."""
