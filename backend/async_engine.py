@@ -33,11 +33,15 @@ class EngineOverloaded(Exception):
         self.retry_after_s = retry_after_s
 
 
-class EngineStopped(Exception):
+class EngineUnavailable(Exception):
+    """The engine cannot finish the request; the server answers 503 (or ends the stream with an error)."""
+
+
+class EngineStopped(EngineUnavailable):
     """The engine is shutting down and takes no new requests."""
 
 
-class EngineFailed(Exception):
+class EngineFailed(EngineUnavailable):
     """The engine loop failed while running the request (the request was aborted)."""
 
 

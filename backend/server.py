@@ -14,7 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from backend.async_engine import AsyncEngine, EngineFailed, EngineOverloaded, EngineStopped
+from backend.async_engine import AsyncEngine, EngineOverloaded, EngineUnavailable
 from backend.engine.llm_engine import EngineConfig, InvalidRequestError, LLMEngine
 from backend.engine.output import RequestOutput
 from backend.engine.sampling_params import SamplingParamsError
@@ -137,8 +137,8 @@ def create_app(settings: WorkerSettings, *, engine_factory: EngineFactory = load
                 headers={"Retry-After": str(exc.retry_after_s)},
             ) from None
         except InvalidRequestError as exc:
-            raise InvalidRequest(str(exc), code="context_length_exceeded") from None
-        except (EngineStopped, EngineFailed) as exc:
+            raise InvalidRequest(str(exc), code=exc.code) from None
+        except EngineUnavailable as exc:
             raise ServiceUnavailable(str(exc)) from None
         token_text = _token_text(engine)
         builder = ResponseBuilder(kind, model_name, params.n, token_text)
@@ -216,7 +216,7 @@ async def _stream_events(
             yield sse(builder.chunk(out, with_logprobs))
         if include_usage:
             yield sse(builder.usage_chunk())
-    except (EngineStopped, EngineFailed) as exc:
+    except EngineUnavailable as exc:
         error = ServiceUnavailable(str(exc))
         yield sse(error_body(error.message, error.error_type, error.code))
     yield sse("[DONE]")
@@ -243,7 +243,7 @@ async def _collect_unless_disconnected(
     if collector in done:
         watcher.cancel()
         exc = collector.exception()
-        if isinstance(exc, (EngineStopped, EngineFailed)):
+        if isinstance(exc, EngineUnavailable):
             raise ServiceUnavailable(str(exc))
         if exc is not None:
             raise exc

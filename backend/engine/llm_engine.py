@@ -27,7 +27,11 @@ DTypeName = Literal["auto", "bfloat16", "float32"]
 
 
 class InvalidRequestError(ValueError):
-    """A request the engine cannot serve; the message says which limit it breaks."""
+    """A request the engine cannot serve; the message says which limit it breaks, ``code`` names it."""
+
+    def __init__(self, message: str, *, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,8 +50,12 @@ class EngineConfig:
             raise ValueError("block_size must be one of 8, 16, 32, 64, 128")
         if self.kv_cache_memory_bytes <= 0:
             raise ValueError("kv_cache_memory_bytes must be positive")
-        if self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
-            raise ValueError("max_num_seqs and max_num_batched_tokens must be positive")
+        self.scheduler_config()  # validates the scheduling limits now, before a slow model load
+
+    def scheduler_config(self) -> SchedulerConfig:
+        return SchedulerConfig(
+            max_num_seqs=self.max_num_seqs, max_num_batched_tokens=self.max_num_batched_tokens
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +117,7 @@ class LLMEngine:
             num_blocks, config.block_size, enable_prefix_caching=config.enable_prefix_caching
         )
         self.scheduler = Scheduler(
-            SchedulerConfig(
-                max_num_seqs=config.max_num_seqs, max_num_batched_tokens=config.max_num_batched_tokens
-            ),
+            config.scheduler_config(),
             self.block_manager,
         )
         self.runner = ModelRunner(model, num_blocks=num_blocks, block_size=config.block_size)
@@ -180,19 +186,21 @@ class LLMEngine:
         """Reject what can never be served, with the limit in the message."""
         n = len(prompt_token_ids)
         if n == 0:
-            raise InvalidRequestError("the prompt is empty")
+            raise InvalidRequestError("the prompt is empty", code="invalid_prompt")
         vocab = self.model.config.vocab_size
         if any(not 0 <= t < vocab for t in prompt_token_ids):
-            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})")
+            raise InvalidRequestError(f"prompt token ids must be in [0, {vocab})", code="invalid_prompt")
         if n + params.max_tokens > self.max_model_len:
             raise InvalidRequestError(
                 f"prompt ({n} tokens) plus max_tokens ({params.max_tokens}) exceeds the context "
-                f"length of {self.max_model_len} tokens"
+                f"length of {self.max_model_len} tokens",
+                code="context_length_exceeded",
             )
         if (n + params.max_tokens) * params.n > self.kv_capacity_tokens:
             raise InvalidRequestError(
                 f"the request needs up to {(n + params.max_tokens) * params.n} KV slots; "
-                f"this worker has {self.kv_capacity_tokens}"
+                f"this worker has {self.kv_capacity_tokens}",
+                code="request_too_large",
             )
 
     def _seq_state(self, seq: Sequence, index: int) -> SeqOutputState:
@@ -238,7 +246,9 @@ class LLMEngine:
         rows, states, row_seqs = self._sampling_rows(result.sampled)
         if not row_seqs:
             return []
-        logits = result.logits.index_select(0, torch.tensor(rows, device=result.logits.device))
+        logits = result.logits
+        if rows != list(range(logits.shape[0])):  # a row skipped (aborted) or repeated (n > 1 fork)
+            logits = logits.index_select(0, torch.tensor(rows, device=logits.device))
         sampled = self.sampler(logits, states)
         return self._postprocess(row_seqs, sampled.token_ids, sampled.logprobs)
 

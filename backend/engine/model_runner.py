@@ -63,8 +63,11 @@ class ModelRunner:
     def execute(self, out: SchedulerOutput) -> StepResult:
         self._copy_blocks(out.copies)
         # Decode tokens (one per sequence, shortest context first) lead; prefill chunks follow.
-        decodes = sorted((s for s in out.scheduled if _is_decode(s)), key=lambda s: s.seq.num_computed_tokens)
-        prefills = [s for s in out.scheduled if not _is_decode(s)]
+        decodes: list[ScheduledSeq] = []
+        prefills: list[ScheduledSeq] = []
+        for item in out.scheduled:
+            (decodes if _is_decode(item) else prefills).append(item)
+        decodes.sort(key=lambda s: s.seq.num_computed_tokens)
         input_ids: list[int] = []
         positions: list[int] = []
         slots: list[int] = []

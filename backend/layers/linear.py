@@ -20,11 +20,15 @@ _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
 
 
 class Linear:
-    __slots__ = ("bias", "in_features", "out_features", "packed", "weight")
+    __slots__ = ("bias", "in_features", "nbytes", "out_features", "packed", "weight")
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
         self.out_features, self.in_features = weight.shape
         self.bias = bias
+        # Bytes read per use: the packed copy holds the same number of elements as the weight.
+        self.nbytes = weight.numel() * weight.element_size() + (
+            bias.numel() * bias.element_size() if bias is not None else 0
+        )
         self.packed = _pack(weight, bias)
         # Keep only one copy of the weight: the packed one when it exists.
         self.weight: torch.Tensor | None = None if self.packed is not None else weight
@@ -36,12 +40,6 @@ class Linear:
         if self.weight is None:  # pragma: no cover - one of the two is always set
             raise RuntimeError("linear layer without weights")
         return F.linear(x, self.weight, self.bias)
-
-    @property
-    def nbytes(self) -> int:
-        elem = self.packed if self.packed is not None else self.weight
-        size = self.out_features * self.in_features * (elem.element_size() if elem is not None else 0)
-        return size + (self.bias.numel() * self.bias.element_size() if self.bias is not None else 0)
 
 
 def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | None:

@@ -21,6 +21,15 @@ def run_prefill(bm: BlockManager, s: Sequence) -> None:
     bm.commit(s)
 
 
+def cached_tokens(bm: BlockManager, prefix: list[int]) -> int:
+    """How many tokens of ``prefix`` a new prompt extending it finds in the cache (the probe is freed)."""
+    probe = seq([*prefix, 1])
+    assert bm.admit(probe, 1)
+    found = probe.num_computed_tokens
+    bm.free(probe)
+    return found
+
+
 def test_prefix_hit_reuses_full_blocks_and_leaves_the_last_token_to_compute() -> None:
     bm = BlockManager(16, 4)
     first = seq(list(range(10)))
@@ -67,9 +76,7 @@ def test_hit_is_verified_by_token_equality() -> None:
     run_prefill(bm, first)
     block = bm.blocks[first.block_table[0]]
     block.token_ids = (42, 42, 42, 42)  # as if another prompt's KV sat under this hash
-    probe = seq([*list(range(8)), 1])
-    assert bm.admit(probe, 100)
-    assert probe.num_computed_tokens == 0
+    assert cached_tokens(bm, list(range(8))) == 0
 
 
 def test_lru_evicts_least_recently_freed_cached_blocks_first() -> None:
@@ -84,13 +91,8 @@ def test_lru_evicts_least_recently_freed_cached_blocks_first() -> None:
     newcomer = seq(list(range(200, 208)))
     run_prefill(bm, newcomer)
     bm.free(newcomer)
-    probe_recent = seq([*list(range(100, 108)), 1])
-    assert bm.admit(probe_recent, 1)
-    assert probe_recent.num_computed_tokens == 8
-    bm.free(probe_recent)
-    probe_old = seq([*list(range(8)), 1])
-    assert bm.admit(probe_old, 1)
-    assert probe_old.num_computed_tokens == 0
+    assert cached_tokens(bm, list(range(100, 108))) == 8
+    assert cached_tokens(bm, list(range(8))) == 0
 
 
 def test_fork_shares_blocks_and_copies_on_write() -> None:

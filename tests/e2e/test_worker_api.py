@@ -211,6 +211,14 @@ def test_bad_requests_get_openai_errors(
     assert "Traceback" not in response.text
 
 
+def test_out_of_vocabulary_token_ids_are_a_clear_400(worker: str, pki: PkiPaths) -> None:
+    body = {"model": MODEL_NAME, "prompt": [1, 10**9], "max_tokens": 4}
+    response = httpx.post(f"{worker}/v1/completions", json=body, verify=gateway_ssl(pki), timeout=10)
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_prompt"
+    assert "prompt token ids must be in" in response.json()["error"]["message"]
+
+
 def test_over_long_prompt_is_a_clear_400(client: OpenAI) -> None:
     with pytest.raises(BadRequestError) as info:
         client.completions.create(model=MODEL_NAME, prompt="word " * 9000, max_tokens=4)
