@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.cli import certs, serve
+from gateway.cli import certs, policy, serve, token
 from gateway.config import run_command
 
 
@@ -14,6 +14,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     serve.register(commands)
     certs.register(commands)
+    policy.register(commands)
+    token.register(commands)
     return parser
 
 
