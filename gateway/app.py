@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
+import signal
+import threading
 from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
@@ -10,22 +14,46 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from gateway.auth import Authenticator
+from gateway.config import ConfigError
 from gateway.errors import install_error_handlers
+from gateway.pipeline import Services, completion_route, models_route
+from gateway.policy.store import PolicyError, PolicyStore
 from gateway.settings import GatewaySettings
 from gateway.upstream.pool import WorkerPool
+from gateway.upstream.router import Router
+
+logger = logging.getLogger(__name__)
 
 
 def create_app(settings: GatewaySettings) -> Starlette:
-    pools: list[WorkerPool] = []
+    """The gateway app. An invalid policy directory is a ``ConfigError``: it never starts without one."""
+    try:
+        policies = PolicyStore(settings.policy_dir)
+    except PolicyError as exc:
+        raise ConfigError(f"policy_dir {settings.policy_dir}: {exc}") from None
+    services = Services(
+        settings=settings,
+        authenticator=Authenticator(settings.auth),
+        policies=policies,
+        router=Router([WorkerPool(upstream) for upstream in settings.upstreams]),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        pools.extend(WorkerPool(upstream) for upstream in settings.upstreams)
+        await services.authenticator.start()
+        tasks = [asyncio.create_task(pool.run_health_checks()) for pool in services.router.pools]
+        tasks.append(asyncio.create_task(policies.watch(settings.policy_reload_interval_s)))
+        reload_on_sighup(policies)
         try:
             yield
         finally:
-            for pool in pools:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for pool in services.router.pools:
                 await pool.aclose()
+            await services.authenticator.aclose()
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -33,23 +61,49 @@ def create_app(settings: GatewaySettings) -> Starlette:
     async def readyz(_request: Request) -> JSONResponse:
         upstreams = []
         ready = True
-        for pool in pools:
-            workers = await pool.probe()
-            healthy = any(w.healthy for w in workers)
-            ready = ready and healthy
+        for pool in services.router.pools:
+            workers = await pool.check_health()
+            pool_ready = pool.is_ready()
+            ready = ready and pool_ready
             upstreams.append(
                 {
                     "name": pool.settings.name,
-                    "healthy": healthy,
-                    "workers": [{"url": w.url, "healthy": w.healthy, "detail": w.detail} for w in workers],
+                    "healthy": pool_ready,
+                    "workers": [
+                        {"url": w.url, "healthy": w.healthy, "detail": w.detail, "circuit": w.circuit}
+                        for w in workers
+                    ],
                 }
             )
-        body = {"status": "ready" if ready else "not_ready", "upstreams": upstreams}
+        current = policies.current
+        policy = {
+            "version": current.version,
+            "files": list(current.files),
+            "last_error": policies.last_error,
+            "reloads_ok": policies.reloads_ok,
+            "reloads_failed": policies.reloads_failed,
+        }
+        body = {"status": "ready" if ready else "not_ready", "policy": policy, "upstreams": upstreams}
         return JSONResponse(body, status_code=200 if ready else 503)
 
     app = Starlette(
-        routes=[Route("/healthz", healthz), Route("/readyz", readyz)],
+        routes=[
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+            Route("/v1/models", models_route(services), methods=["GET"]),
+            Route("/v1/chat/completions", completion_route(services, "chat.completions"), methods=["POST"]),
+            Route("/v1/completions", completion_route(services, "completions"), methods=["POST"]),
+        ],
         lifespan=lifespan,
     )
+    app.state.services = services
     install_error_handlers(app)
     return app
+
+
+def reload_on_sighup(policies: PolicyStore) -> None:
+    """``kill -HUP`` reloads the policies at once (only possible from the main thread's loop)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, policies.reload)

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from gateway.auth.settings import AuthSettings
 from gateway.config import StrictModel, load_settings
 from gateway.tls import TlsFiles
 
@@ -54,6 +55,12 @@ class UpstreamSettings(StrictModel):
     connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
     read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     max_connections: int = Field(default=256, ge=1, le=10_000)
+    health_interval_s: float = Field(default=5.0, gt=0, le=300)
+    # Passive ejection: this many consecutive failures open the circuit for open_cooldown_s.
+    failure_threshold: int = Field(default=3, ge=1, le=100)
+    open_cooldown_s: float = Field(default=10.0, gt=0, le=600)
+    # Our workers key their prefix cache by this tenant-derived salt; other engines may not accept it.
+    send_cache_salt: bool = True
 
     @field_validator("workers")
     @classmethod
@@ -64,13 +71,25 @@ class UpstreamSettings(StrictModel):
         return workers
 
 
+class LimitsSettings(StrictModel):
+    """Edge checks applied before anything else looks at a request."""
+
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
+    max_messages: int = Field(default=256, ge=1, le=4096)
+    max_message_chars: int = Field(default=200_000, ge=1, le=10_000_000)
+    max_response_bytes: int = Field(default=16 * 1_048_576, ge=1024, le=1 << 30)
+
+
 class GatewaySettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     tls: ServerTlsSettings | None = None
+    auth: AuthSettings = AuthSettings()
+    policy_dir: Path = Path("policies")
+    policy_reload_interval_s: float = Field(default=2.0, gt=0, le=3600)
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
+    limits: LimitsSettings = LimitsSettings()
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
-    max_body_bytes: int = Field(default=1_048_576, ge=1024, le=64 * 1_048_576)
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -81,8 +81,10 @@ def test_invalid_values_name_the_key_and_expectation(tmp_path: Path, yaml_text: 
 
 
 def test_invalid_environment_value_names_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"max_body_bytes: Input should be greater than or equal to 1024"):
-        load_gateway_settings(environ={"WARDEN_GATEWAY_MAX_BODY_BYTES": "10"})
+    with pytest.raises(
+        ConfigError, match=r"limits.max_body_bytes: Input should be greater than or equal to 1024"
+    ):
+        load_gateway_settings(environ={"WARDEN_GATEWAY_LIMITS__MAX_BODY_BYTES": "10"})
 
 
 def test_broken_yaml_names_the_line(tmp_path: Path) -> None:

@@ -76,6 +76,12 @@ class ServiceProcess:
             self.process.kill()
             return self.process.wait(5)
 
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to drain or clean up."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(5)
+
     def __enter__(self) -> ServiceProcess:
         return self.start()
 

@@ -1,0 +1,142 @@
+"""A stand-in OpenAI-compatible worker over mTLS for tests whose subject is the gateway.
+
+``python -m tests.support.fake_worker --port P --cert C --key K --ca CA --name NAME``. It echoes
+what it received (body and the headers the gateway should or should not forward) so tests can
+check what left the gateway. The request's ``user`` field selects a behaviour:
+``"cut-after-2"`` aborts the stream after two events, ``"slow"`` waits 30 s before answering,
+``"fail-500"`` answers 500, ``"busy"`` answers 503.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from gateway.serving import serve
+from gateway.tls import TlsFiles, server_context
+
+MODEL = "fake-model"
+FORWARDED = ("authorization", "traceparent", "x-request-id", "cookie")
+
+
+class StreamCut(Exception):
+    """Raised inside a stream so that the server drops the connection mid-response."""
+
+
+def build_app(name: str, event_delay_s: float) -> Starlette:
+    counter = {"requests": 0}
+
+    async def health(_request: Request) -> JSONResponse:
+        return JSONResponse({"status": "ok", "worker": name})
+
+    async def models(_request: Request) -> JSONResponse:
+        return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
+
+    async def stats(_request: Request) -> JSONResponse:
+        return JSONResponse({"requests": counter["requests"]})
+
+    async def completion(request: Request) -> Response:
+        counter["requests"] += 1
+        body: dict[str, Any] = await request.json()
+        echo = {
+            "worker": name,
+            "body": body,
+            "headers": {h: request.headers.get(h) for h in FORWARDED},
+        }
+        behaviour = body.get("user")
+        if behaviour == "fail-500":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        if behaviour == "busy":
+            return JSONResponse({"error": {"message": "busy", "type": "server_error"}}, status_code=503)
+        if behaviour == "slow":
+            await asyncio.sleep(30)
+        if body.get("stream"):
+            return StreamingResponse(events(echo, behaviour), media_type="text/event-stream")
+        answer = {
+            "id": "cmpl-fake",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model"),
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
+            "echo": echo,
+        }
+        return JSONResponse(answer)
+
+    async def events(echo: dict[str, Any], behaviour: object) -> AsyncIterator[bytes]:
+        for index in range(5):
+            if behaviour == "cut-after-2" and index == 2:
+                raise StreamCut
+            chunk = {"object": "chat.completion.chunk", "index": index, "sent_at": time.time(), "echo": echo}
+            yield f"data: {json.dumps(chunk)}\n\n".encode()
+            await asyncio.sleep(event_delay_s)
+        yield b"data: [DONE]\n\n"
+
+    return Starlette(
+        routes=[
+            Route("/health", health),
+            Route("/v1/models", models),
+            Route("/stats", stats),
+            Route("/v1/chat/completions", completion, methods=["POST"]),
+            Route("/v1/completions", completion, methods=["POST"]),
+        ]
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--cert", type=Path, required=True)
+    parser.add_argument("--key", type=Path, required=True)
+    parser.add_argument("--ca", type=Path, required=True)
+    parser.add_argument("--name", default="fake")
+    parser.add_argument("--event-delay", type=float, default=0.05)
+    args = parser.parse_args()
+    context = server_context(TlsFiles(ca=args.ca, cert=args.cert, key=args.key), require_client_cert=True)
+    serve(
+        build_app(args.name, args.event_delay),
+        host="127.0.0.1",
+        port=args.port,
+        ssl_context=context,
+        graceful_shutdown_s=1,
+        log_level="warning",
+    )
+
+
+if __name__ == "__main__":
+    main()
+
+
+def start_fake_worker(
+    cert: Path,
+    key: Path,
+    ca: Path,
+    log_dir: Path,
+    *,
+    name: str,
+    port: int | None = None,
+    event_delay: float = 0.05,
+) -> tuple[Any, str]:
+    """Launch one in a subprocess and wait until it answers over mTLS; returns (process, url)."""
+    from tests.support.ports import free_port
+    from tests.support.processes import ServiceProcess
+
+    port = port or free_port()
+    process = ServiceProcess.python_module(
+        "tests.support.fake_worker", "--port", str(port), "--cert", str(cert), "--key", str(key),
+        "--ca", str(ca), "--name", name, "--event-delay", str(event_delay),
+        log_path=log_dir / f"fake-{name}-{port}.log",
+    ).start()  # fmt: skip
+    return process, f"https://localhost:{port}"

@@ -1,0 +1,47 @@
+"""The real gateway in a subprocess, configured by a test: issuers, a policy directory, upstreams."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from gateway.pki import PkiPaths
+from tests.support.ports import free_port
+from tests.support.processes import ServiceProcess
+
+
+def upstream(pki: PkiPaths, name: str, models: list[str], workers: list[str], **extra: Any) -> dict[str, Any]:
+    """An ``upstreams`` entry that reaches ``workers`` over mTLS with the gateway's client certificate."""
+    return {
+        "name": name,
+        "models": models,
+        "workers": workers,
+        "tls": {"ca": str(pki.ca_cert), "cert": str(pki.gateway_cert), "key": str(pki.gateway_key)},
+        **extra,
+    }
+
+
+def start_gateway(
+    directory: Path, *, issuers: list[dict[str, Any]], policy_dir: Path, upstreams: list[dict[str, Any]],
+    **extra: Any,
+) -> tuple[ServiceProcess, str]:  # fmt: skip
+    """Write the settings file, start ``python -m gateway serve`` and wait for /healthz."""
+    port = free_port()
+    config = {
+        "port": port,
+        "auth": {"issuers": issuers},
+        "policy_dir": str(policy_dir),
+        "policy_reload_interval_s": 0.2,
+        "upstreams": upstreams,
+        **extra,
+    }
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"gateway-{port}.json"
+    path.write_text(json.dumps(config))
+    process = ServiceProcess.python_module(
+        "gateway", "serve", "--config", str(path), log_path=directory / f"gateway-{port}.log"
+    ).start()
+    url = f"http://127.0.0.1:{port}"
+    process.wait_http(f"{url}/healthz", timeout_s=30)
+    return process, url
