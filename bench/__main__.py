@@ -15,6 +15,7 @@ BENCHMARKS = {
     "tls_link": "bench.tls_link",
     "engine_throughput": "bench.engine_throughput",
     "worker_serving": "bench.worker_serving",
+    "gateway_overhead": "bench.gateway_overhead",
 }
 
 

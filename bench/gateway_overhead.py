@@ -1,0 +1,380 @@
+"""What the gateway adds per request, against a fast mock worker and a bare pass-through, in one run.
+
+python -m bench.gateway_overhead [--quick] [--json PATH] [--target URL --header 'Name: value' ...]
+
+Targets, measured side by side at each concurrency (1, 16, 64) with keep-alive connections and
+non-streaming chat completions:
+  direct   the mock worker itself, over plain HTTP (the baseline every "added" figure subtracts);
+  floor    a bare Starlette + httpx pass-through to the mock's mTLS port (no auth, no policy);
+  gateway  ``python -m gateway serve``: JWT (ES256) + RBAC policy + mTLS routing to the mock,
+           plain HTTP listener, output PII redaction off;
+  target   any OpenAI-compatible gateway (``--target``), routed by its own configuration.
+Every cell runs ``repeats`` times, alternating the targets' order, and keeps the run with the
+most requests per second. CPU ms per request is the target process's user + system time over
+the measured window (/proc); the load generator, the mock and the target share this machine's
+cores, so every figure includes their contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import ssl
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import jwt
+import uvloop
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from bench._common import format_table, pass_fail
+from bench._loadgen import LoadResult, build_request, run_load
+from gateway.pki import PkiPaths, init_pki
+from tests.support.ports import free_port
+from tests.support.processes import ServiceProcess
+
+CONCURRENCY = (1, 16, 64)
+MODEL = "mock-model"
+ISSUER = "https://issuer.bench.invalid"
+AUDIENCE = "warden-bench"
+TARGET_ADDED_P50_MS = 1.0  # at concurrency 1
+TARGET_RPS = 1000.0  # at concurrency 16
+ROW_FIELDS = (
+    "target", "concurrency", "rps", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms",
+    "cpu_ms_per_req", "requests", "errors",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Mode:
+    window_s: float
+    warmup_s: float
+    repeats: int
+
+
+FULL = Mode(window_s=8.0, warmup_s=1.0, repeats=2)
+QUICK = Mode(window_s=2.0, warmup_s=0.4, repeats=2)
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    name: str
+    url: str  # base URL; requests go to {url}/v1/chat/completions
+    headers: dict[str, str] = field(default_factory=dict)
+    pid: int | None = None  # the process whose CPU time is charged to this target
+    ssl_context: ssl.SSLContext | None = None
+    model: str = MODEL
+
+    @property
+    def body(self) -> bytes:
+        messages = [{"role": "user", "content": "Say hello in five words."}]
+        return json.dumps({"model": self.model, "messages": messages, "max_tokens": 16}).encode()
+
+
+@dataclass(frozen=True, slots=True)
+class Cell:
+    result: LoadResult
+    cpu_s: float | None  # the target process's CPU seconds over the measured window
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    target: str
+    concurrency: int
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    added_p50_ms: float
+    added_p99_ms: float
+    cpu_ms_per_req: float | None
+    requests: int
+    errors: int
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of every thread of ``pid`` so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def chat_url(base: str) -> str:
+    base = base.rstrip("/")
+    return f"{base.removesuffix('/v1')}/v1/chat/completions"
+
+
+async def measure_cell(target: Target, concurrency: int, mode: Mode) -> Cell:
+    endpoint, request = build_request(chat_url(target.url), target.body, target.headers)
+    marks: list[float] = []
+
+    def on_window(_start: bool) -> None:
+        if target.pid is not None:
+            marks.append(process_cpu_s(target.pid))
+
+    result = await run_load(
+        endpoint, request, concurrency=concurrency, duration_s=mode.window_s, warmup_s=mode.warmup_s,
+        ssl_context=target.ssl_context, on_window=on_window,
+    )  # fmt: skip
+    return Cell(result, marks[1] - marks[0] if len(marks) == 2 else None)
+
+
+async def measure(
+    targets: list[Target], concurrencies: tuple[int, ...], mode: Mode
+) -> dict[tuple[str, int], Cell]:
+    """Each (target, concurrency) cell ``mode.repeats`` times, alternating order; the best run wins."""
+    best: dict[tuple[str, int], Cell] = {}
+    for concurrency in concurrencies:
+        for repeat in range(mode.repeats):
+            for target in targets if repeat % 2 == 0 else reversed(targets):
+                cell = await measure_cell(target, concurrency, mode)
+                key = (target.name, concurrency)
+                if key not in best or cell.result.rps > best[key].result.rps:
+                    best[key] = cell
+    return best
+
+
+def build_rows(cells: dict[tuple[str, int], Cell], baseline: str = "direct") -> list[Row]:
+    rows = []
+    for (name, concurrency), cell in cells.items():
+        result, base = cell.result, cells[(baseline, concurrency)].result
+        p50, p99 = result.latency_ms(50), result.latency_ms(99)
+        cpu = cell.cpu_s * 1000 / result.requests if cell.cpu_s is not None and result.requests else None
+        added_p50, added_p99 = p50 - base.latency_ms(50), p99 - base.latency_ms(99)
+        row = Row(
+            name, concurrency, result.rps, p50, p99, added_p50, added_p99, cpu, result.requests, result.errors
+        )
+        rows.append(row)
+    return sorted(rows, key=lambda r: r.concurrency)
+
+
+def row_json(row: Row) -> dict[str, object]:
+    """One JSON row; NaN (no responses) becomes null."""
+    return {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(row).items()}
+
+
+def table(rows: list[Row]) -> str:
+    headers = ["target", "conc", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "CPU ms/req", "errors"]
+
+    def cells(r: Row) -> list[str]:
+        cpu = "-" if r.cpu_ms_per_req is None else f"{r.cpu_ms_per_req:.3f}"
+        latency = [f"{r.p50_ms:.2f}", f"{r.p99_ms:.2f}", f"{r.added_p50_ms:+.2f}", f"{r.added_p99_ms:+.2f}"]
+        return [r.target, str(r.concurrency), f"{r.rps:.0f}", *latency, cpu, str(r.errors)]
+
+    return format_table(headers, [cells(r) for r in rows])
+
+
+def checks(rows: list[Row], name: str = "gateway") -> list[tuple[str, bool]]:
+    """The issue's targets for one target's rows, as (line, passed)."""
+    by_concurrency = {r.concurrency: r for r in rows if r.target == name}
+    lines = []
+    if (one := by_concurrency.get(1)) is not None:
+        ok = one.errors == 0 and one.added_p50_ms <= TARGET_ADDED_P50_MS
+        lines.append((f"{name} added p50 at c=1: {one.added_p50_ms:.2f} ms (<= {TARGET_ADDED_P50_MS:g})", ok))
+    if (sixteen := by_concurrency.get(16)) is not None:
+        ok = sixteen.errors == 0 and sixteen.rps >= TARGET_RPS
+        lines.append((f"{name} req/s at c=16: {sixteen.rps:.0f} (>= {TARGET_RPS:.0f})", ok))
+    return lines
+
+
+# --- the services ------------------------------------------------------------------------------
+
+
+def mint_token(root: Path) -> tuple[Path, str]:
+    """A fresh ES256 key pair: the public PEM for the gateway, and a token signed with the private key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    public = root / "jwt-public.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    now = int(time.time())
+    claims = {
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "groups": ["bench"],
+        "iat": now, "exp": now + 3600,
+    }  # fmt: skip
+    return public, jwt.encode(claims, key, algorithm="ES256")
+
+
+def write_gateway_config(root: Path, port: int, upstream: str, pki: PkiPaths, public_key: Path) -> Path:
+    policies = root / "policies"
+    policies.mkdir()
+    policy = {
+        "version": 1,
+        "bindings": [{"name": "bench", "when": {"claim": "groups", "contains": "bench"}, "roles": ["bench"]}],
+        "roles": {
+            "bench": {
+                "models": [MODEL],
+                "max_tokens": 64,
+                "guards": {"pii": {"redact_output": False}},
+            }
+        },
+    }
+    (policies / "bench.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    settings = {
+        "host": "127.0.0.1",
+        "port": port,
+        "graceful_shutdown_s": 1,
+        "auth": {
+            "issuers": [
+                {
+                    "issuer": ISSUER,
+                    "audiences": [AUDIENCE],
+                    "keys": [{"pem": str(public_key), "algorithms": ["ES256"]}],
+                }
+            ]
+        },
+        "policy_dir": str(policies),
+        "upstreams": [
+            {
+                "name": "mock",
+                "models": [MODEL],
+                "workers": [upstream],
+                "tls": {"ca": str(pki.ca_cert), "cert": str(pki.gateway_cert), "key": str(pki.gateway_key)},
+            }
+        ],
+    }
+    config = root / "gateway.yaml"
+    config.write_text(yaml.safe_dump(settings, sort_keys=False))
+    return config
+
+
+def check_serves(service: ServiceProcess | None, target: Target) -> None:
+    """One request through the target must succeed before it is measured."""
+    headers = {"content-type": "application/json", **target.headers}
+    verify = target.ssl_context or True
+    response = httpx.post(
+        chat_url(target.url), content=target.body, headers=headers, verify=verify, timeout=10
+    )
+    if response.status_code != 200:
+        raise RuntimeError(
+            f"{target.name}: HTTP {response.status_code} {response.text[:300]}\n"
+            + (service.logs()[-2000:] if service else "")
+        )
+
+
+def pid_of(service: ServiceProcess) -> int:
+    if service.process is None:
+        raise RuntimeError(f"{service.args[:4]} was not started")
+    return service.process.pid
+
+
+@contextmanager
+def local_targets(
+    root: Path, *, with_gateway: bool, pki_dir: Path | None, mock_port: int, mock_tls_port: int
+) -> Iterator[list[Target]]:
+    """Start the mock, the floor and (optionally) the gateway; yield them as targets; stop them all."""
+    pki, _ = init_pki(pki_dir or root / "pki")
+    upstream = f"https://localhost:{mock_tls_port}"
+    floor_port, gateway_port = free_port(), free_port()
+    with ExitStack() as stack:
+
+        def start(module: str, *args: str, log: str) -> ServiceProcess:
+            service = ServiceProcess.python_module(module, *args, log_path=root / log)
+            return stack.enter_context(service)
+
+        mock = start(
+            "bench._mock_upstream", "mock", "--pki", str(pki.root), "--tls-port", str(mock_tls_port),
+            "--plain-port", str(mock_port), "--model", MODEL, log="mock.log",
+        )  # fmt: skip
+        floor = start(
+            "bench._mock_upstream", "floor", "--pki", str(pki.root), "--port", str(floor_port),
+            "--upstream", upstream, log="floor.log",
+        )  # fmt: skip
+        started = [
+            (mock, Target("direct", f"http://127.0.0.1:{mock_port}", pid=pid_of(mock)), "/health"),
+            (floor, Target("floor", f"http://127.0.0.1:{floor_port}", pid=pid_of(floor)), "/health"),
+        ]
+        if with_gateway:
+            public_key, token = mint_token(root)
+            config = write_gateway_config(root, gateway_port, upstream, pki, public_key)
+            gateway = start("gateway", "serve", "--config", str(config), log="gateway.log")
+            url = f"http://127.0.0.1:{gateway_port}"
+            auth = {"Authorization": f"Bearer {token}"}
+            started.append((gateway, Target("gateway", url, auth, pid=pid_of(gateway)), "/healthz"))
+        for service, target, health in started:
+            service.wait_http(target.url + health, timeout_s=60)
+            check_serves(service, target)
+        yield [target for _, target, _ in started]
+
+
+def parse_headers(values: list[str]) -> dict[str, str]:
+    headers = {}
+    for value in values:
+        name, sep, content = value.partition(":")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"--header expects 'Name: value', got {value!r}")
+        headers[name.strip()] = content.strip()
+    return headers
+
+
+def main(argv: list[str] | None = None) -> int:
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.gateway_overhead", description=__doc__, formatter_class=formatter
+    )
+    parser.add_argument("--quick", action="store_true", help="2 s windows (the whole run < 60 s)")
+    parser.add_argument("--json", type=Path, help="write one row per (target, concurrency) here")
+    parser.add_argument("--target", help="base URL of another OpenAI-compatible gateway to measure too")
+    parser.add_argument("--header", action="append", default=[], help="'Name: value' sent to --target")
+    parser.add_argument("--cacert", type=Path, help="CA file that verifies an https --target")
+    parser.add_argument("--model", default=MODEL, help="model name sent to --target (default: %(default)s)")
+    parser.add_argument("--no-gateway", action="store_true", help="measure direct, floor and --target only")
+    parser.add_argument("--pki", type=Path, help="keep the mock's certificates here (for --target's config)")
+    parser.add_argument("--mock-port", type=int, default=0, help="the mock's plain-HTTP port (default: free)")
+    parser.add_argument("--mock-tls-port", type=int, default=0, help="the mock's mTLS port (default: free)")
+    args = parser.parse_args(argv)
+    mode = QUICK if args.quick else FULL
+    try:
+        external = parse_headers(args.header)
+    except argparse.ArgumentTypeError as exc:
+        parser.error(str(exc))
+    context = ssl.create_default_context(cafile=args.cacert) if args.cacert else None
+
+    mock_port, mock_tls_port = args.mock_port or free_port(), args.mock_tls_port or free_port()
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        local_targets(
+            Path(tmp), with_gateway=not args.no_gateway, pki_dir=args.pki, mock_port=mock_port,
+            mock_tls_port=mock_tls_port,
+        ) as targets,
+    ):  # fmt: skip
+        if args.target:
+            external_target = Target("target", args.target, external, None, context, args.model)
+            check_serves(None, external_target)
+            targets.append(external_target)
+        print(
+            f"chat completions (non-streaming, keep-alive), {mode.window_s:g} s windows after "
+            f"{mode.warmup_s:g} s warm-up, best of {mode.repeats}; added = target - direct"
+            + (f"; target = {args.target}" if args.target else "")
+            + "\n"
+        )
+        cells = uvloop.run(measure(targets, CONCURRENCY, mode))
+
+    rows = build_rows(cells)
+    print(table(rows))
+    results = [*checks(rows, "gateway"), *checks(rows, "target")]
+    for line, ok in results:
+        print(f"{line}: {pass_fail(ok)}")
+    failed = [r for r in rows if r.errors]
+    if failed:
+        print(
+            f"errors (non-200 or dropped) in {len(failed)} cell(s): not valid measurements", file=sys.stderr
+        )
+    if args.json:
+        args.json.write_text(json.dumps([row_json(r) for r in rows], indent=2) + "\n")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
