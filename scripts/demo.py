@@ -17,6 +17,7 @@ import httpx
 
 from gateway.pki import init_pki
 from gateway.tls import TlsFiles, client_context
+from scripts.demo_gateway import prepare_identity, run_gateway_demo
 from scripts.demo_worker import run_worker_demo
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
@@ -41,6 +42,7 @@ def main() -> int:
     paths, written = init_pki(RUN_DIR / "pki")
     row("certificates", f"{'created' if written else 'reused'} in {paths.root}")
     mtls = TlsFiles(ca=paths.ca_cert, cert=paths.gateway_cert, key=paths.gateway_key)
+    identity = prepare_identity(RUN_DIR)
 
     worker_port, gateway_port = free_port(), free_port()
     worker_url = f"https://localhost:{worker_port}"
@@ -48,16 +50,19 @@ def main() -> int:
     logs = RUN_DIR / "logs"
     worker = ServiceProcess.python_module(
         "backend", "serve", "--port", str(worker_port), "--kv-cache-memory", "256",
+        "--served-model-name", "smollm2",
         "--tls-cert", str(paths.worker_cert), "--tls-key", str(paths.worker_key),
         "--tls-ca", str(paths.ca_cert), "--allow-client", "warden-gateway",
         log_path=logs / "worker.log",
     )  # fmt: skip
     config = {
         "port": gateway_port,
+        "auth": {"issuers": [identity.issuer_settings()]},
+        "policy_dir": str(identity.policy_dir),
         "upstreams": [
             {
                 "name": "local",
-                "models": ["*"],
+                "models": ["smollm*"],
                 "workers": [worker_url],
                 "tls": {
                     "ca": str(paths.ca_cert),
@@ -87,6 +92,7 @@ def main() -> int:
             for w in upstream["workers"]:
                 state = "healthy" if w["healthy"] else "UNHEALTHY"
                 row(f"upstream {upstream['name']}", f"{w['url']}  {state} ({w['detail']})")
+        row("policy version", str(ready.json()["policy"]["version"]))
         row("gateway readiness", f"HTTP {ready.status_code} {ready.json()['status']}")
 
         heading("The worker refuses anyone without the gateway's client certificate")
@@ -98,6 +104,7 @@ def main() -> int:
             row("no client certificate", f"refused ({type(exc).__name__})")
             failed = False
 
+        gateway_ok = run_gateway_demo(gateway_url, identity)
         run_worker_demo(worker_url, client_context(mtls))
 
         if args.keep:
@@ -105,7 +112,7 @@ def main() -> int:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         heading("Shutting down (graceful drain)")
     row("logs", str(logs))
-    return 1 if failed or ready.status_code != 200 else 0
+    return 1 if failed or not gateway_ok or ready.status_code != 200 else 0
 
 
 if __name__ == "__main__":

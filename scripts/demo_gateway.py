@@ -1,0 +1,151 @@
+"""The gateway part of `make demo`: two callers with different roles, one allowed and one denied.
+
+Identities come from a development key pair (`python -m gateway token keygen`) and tokens minted
+with it (`python -m gateway token mint`); a real deployment trusts its identity provider instead.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from openai import APIStatusError, OpenAI
+
+ISSUER = "https://idp.demo.local"
+AUDIENCE = "warden"
+
+POLICY = """\
+# yaml-language-server: $schema=../../../policies/schema.json
+version: 1
+tenant: {claim: org, required: true}
+bindings:
+  - name: engineers
+    when: {claim: groups, contains: ml-engineers}
+    roles: [engineer]
+  - name: analysts
+    when: {claim: groups, contains: analysts}
+    roles: [analyst]
+roles:
+  engineer:
+    description: May chat with the bundled model, up to 128 tokens per answer.
+    models: ["smollm*"]
+    max_tokens: 128
+    sampling: {temperature_max: 1.0, n_max: 1}
+  analyst:
+    description: Only the hosted models of the analytics team (none served here).
+    models: ["gpt-*"]
+    max_tokens: 512
+"""
+
+
+def row(label: str, value: str) -> None:
+    print(f"  {label:<28} {value}")
+
+
+def gateway_cli(*args: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, check=False, timeout=60
+    )
+    if done.returncode not in (0, 1):
+        raise RuntimeError(f"python -m gateway {args[0]} {args[1]} failed:\n{done.stderr}")
+    return done.stdout.strip()
+
+
+@dataclass(frozen=True)
+class Identity:
+    public_key: Path
+    private_key: Path
+    policy_dir: Path
+
+    def issuer_settings(self) -> dict[str, object]:
+        return {
+            "issuer": ISSUER,
+            "audiences": [AUDIENCE],
+            "keys": [{"pem": str(self.public_key), "algorithms": ["ES256"]}],
+        }
+
+    def mint(self, sub: str, groups: str, org: str) -> str:
+        return gateway_cli(
+            "token", "mint", "--key", str(self.private_key), "--alg", "ES256", "--iss", ISSUER,
+            "--aud", AUDIENCE, "--sub", sub, "--groups", groups, "--tenant-claim", f"org={org}",
+            "--ttl", "3600",
+        )  # fmt: skip
+
+
+def prepare_identity(run_dir: Path) -> Identity:
+    """A development signing key and the demo policy, with `policy check` run on it."""
+    print("\n== Identity and policy (python -m gateway token keygen · policy check)")
+    keys = run_dir / "jwt"
+    if not (keys / "jwt-private.pem").exists():
+        gateway_cli("token", "keygen", str(keys), "--alg", "ES256")
+    row("signing key (dev only)", f"{keys}/jwt-private.pem (ES256)")
+    policy_dir = run_dir / "policies"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "demo.yaml").write_text(POLICY)
+    row("policy check", gateway_cli("policy", "check", str(policy_dir)))
+    return Identity(keys / "jwt-public.pem", keys / "jwt-private.pem", policy_dir)
+
+
+def run_gateway_demo(gateway_url: str, identity: Identity) -> bool:
+    """Returns True if every step behaved as it should."""
+    print("\n== Two callers through the gateway (JWT → RBAC → mTLS to the worker)")
+    ok = True
+    question = "What is a firewall? Answer in one sentence."
+    body = {"model": "smollm2", "messages": [{"role": "user", "content": question}]}
+    anonymous = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, timeout=10)
+    row("no token", f"HTTP {anonymous.status_code} ({anonymous.json()['error']['code']})")
+    ok &= anonymous.status_code == 401
+
+    alice = OpenAI(
+        base_url=f"{gateway_url}/v1", api_key=identity.mint("alice", "ml-engineers", "acme"), max_retries=0
+    )
+    bob = OpenAI(
+        base_url=f"{gateway_url}/v1", api_key=identity.mint("bob", "analysts", "acme"), max_retries=0
+    )
+    alice_models = [m.id for m in alice.models.list()]
+    row("alice (engineer) models", ", ".join(alice_models) or "(none)")
+    row("bob (analyst) models", ", ".join(m.id for m in bob.models.list()) or "(none)")
+    ok &= bool(alice_models)
+    model = alice_models[0] if alice_models else "smollm2"
+
+    print(f"  alice asks: {question}\n  answer: ", end="")
+    started, first = time.perf_counter(), None
+    for chunk in alice.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": question}], temperature=0, stream=True
+    ):
+        if chunk.choices and chunk.choices[0].delta.content:
+            first = first or time.perf_counter()
+            sys.stdout.write(chunk.choices[0].delta.content)
+            sys.stdout.flush()
+    print()
+    row(
+        "alice: allowed",
+        f"streamed through the gateway, first token after {((first or started) - started) * 1000:.0f} ms",
+    )
+
+    for label, client, max_tokens in (
+        ("bob: same request", bob, None),
+        ("alice: max_tokens=4096", alice, 4096),
+    ):
+        try:
+            client.chat.completions.create(
+                model=model, messages=[{"role": "user", "content": question}], max_tokens=max_tokens
+            )
+            row(label, "ALLOWED (unexpected)")
+            ok = False
+        except APIStatusError as denied:
+            row(label, f"denied, HTTP {denied.status_code} ({denied.code})")
+            ok &= denied.status_code == 403
+
+    explained = gateway_cli(
+        "policy", "explain", str(identity.policy_dir), "--claims", '{"groups": ["analysts"], "org": "acme"}',
+        "--request", f'{{"endpoint": "chat.completions", "model": "{model}"}}',
+    )  # fmt: skip
+    print("  policy explain for bob:")
+    for line in explained.splitlines()[:4]:
+        print(f"    {line}")
+    return ok
