@@ -228,3 +228,29 @@ def test_readyz_reports_policy_version_and_upstreams(stack: Stack) -> None:
     body = ready.json()
     assert len(body["policy"]["version"]) == 16 and body["policy"]["last_error"] is None
     assert [w["healthy"] for w in body["upstreams"][0]["workers"]] == [True, True]
+
+
+def worker_stats(pki: PkiPaths, stack: Stack) -> list[dict[str, int]]:
+    context = gateway_ssl(pki)
+    urls = [process.args[process.args.index("--port") + 1] for process in stack.workers]
+    return [httpx.get(f"https://localhost:{port}/stats", verify=context, timeout=5).json() for port in urls]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_client_that_leaves_cancels_the_upstream_request(pki: PkiPaths, stack: Stack, stream: bool) -> None:
+    before = sum(s["disconnects"] for s in worker_stats(pki, stack))
+    body = {**CHAT, "user": "slow-stream" if stream else "slow", "stream": stream}
+    with pytest.raises(httpx.ReadTimeout):
+        with httpx.stream(
+            "POST",
+            f"{stack.url}/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {stack.token(['ml-engineers'])}"},
+            timeout=httpx.Timeout(10, read=0.3),
+        ) as response:
+            for _ in response.iter_bytes():
+                pass
+    deadline = time.monotonic() + 5
+    while sum(s["disconnects"] for s in worker_stats(pki, stack)) == before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert sum(s["disconnects"] for s in worker_stats(pki, stack)) == before + 1

@@ -13,6 +13,7 @@ import pytest
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.pki import PkiPaths
 from gateway.settings import UpstreamSettings
+from gateway.tls import TlsFiles, client_context
 from gateway.upstream.breaker import CircuitState
 from gateway.upstream.pool import WorkerPool
 from tests.support.fake_worker import start_fake_worker
@@ -247,5 +248,35 @@ def test_a_worker_with_a_foreign_certificate_is_never_used(
     try:
         with pytest.raises(UpstreamError):
             asyncio.run(main())
+    finally:
+        process.stop()
+
+
+def test_a_worker_that_is_not_ours_is_reached_with_tls_and_an_api_key(pki: PkiPaths, logs_dir: Path) -> None:
+    process, url = start_fake_worker(
+        pki.worker_cert, pki.worker_key, pki.ca_cert, logs_dir, name="vendor", api_key="sk-upstream-key"
+    )
+    server_only = client_context(TlsFiles(ca=pki.ca_cert))
+    process.wait_until(
+        lambda: httpx.get(f"{url}/health", verify=server_only, timeout=1).status_code == 200, 20
+    )
+
+    async def main(key: str) -> int:
+        settings = UpstreamSettings.model_validate(
+            {"name": "vendor", "models": ["fake-model"], "workers": [url], "tls": {"ca": str(pki.ca_cert)},
+             "api_key": key}
+        )  # fmt: skip
+        pool = WorkerPool(settings)
+        try:
+            reply = await pool.send("/v1/chat/completions", BODY, HEADERS)
+            await reply.read(1 << 20)
+            await reply.aclose()
+            return reply.status_code
+        finally:
+            await pool.aclose()
+
+    try:
+        assert asyncio.run(main("sk-upstream-key")) == 200
+        assert asyncio.run(main("sk-wrong-key")) == 401  # the vendor's refusal is passed through
     finally:
         process.stop()

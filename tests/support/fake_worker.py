@@ -4,13 +4,16 @@
 what it received (body and the headers the gateway should or should not forward) so tests can
 check what left the gateway. The request's ``user`` field selects a behaviour:
 ``"cut-after-2"`` aborts the stream after two events, ``"slow"`` waits 30 s before answering,
-``"fail-500"`` answers 500, ``"busy"`` answers 503.
+``"fail-500"`` answers 500, ``"busy"`` answers 503, ``"slow-stream"`` spaces its events 0.5 s apart.
+``/stats`` counts requests and the clients that went away before the answer was complete.
+With ``--api-key`` it plays a worker that is not ours: server-only TLS and a bearer key.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hmac
 import json
 import time
 from collections.abc import AsyncIterator
@@ -33,8 +36,8 @@ class StreamCut(Exception):
     """Raised inside a stream so that the server drops the connection mid-response."""
 
 
-def build_app(name: str, event_delay_s: float) -> Starlette:
-    counter = {"requests": 0}
+def build_app(name: str, event_delay_s: float, api_key: str | None = None) -> Starlette:
+    counter = {"requests": 0, "disconnects": 0}
 
     async def health(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "worker": name})
@@ -43,9 +46,13 @@ def build_app(name: str, event_delay_s: float) -> Starlette:
         return JSONResponse({"object": "list", "data": [{"id": MODEL, "object": "model"}]})
 
     async def stats(_request: Request) -> JSONResponse:
-        return JSONResponse({"requests": counter["requests"]})
+        return JSONResponse(counter)
 
     async def completion(request: Request) -> Response:
+        if api_key is not None:
+            presented = request.headers.get("authorization", "").encode()
+            if not hmac.compare_digest(presented, f"Bearer {api_key}".encode()):
+                return JSONResponse({"error": {"message": "bad key", "type": "auth"}}, status_code=401)
         counter["requests"] += 1
         body: dict[str, Any] = await request.json()
         echo = {
@@ -59,7 +66,11 @@ def build_app(name: str, event_delay_s: float) -> Starlette:
         if behaviour == "busy":
             return JSONResponse({"error": {"message": "busy", "type": "server_error"}}, status_code=503)
         if behaviour == "slow":
-            await asyncio.sleep(30)
+            for _ in range(600):
+                if await request.is_disconnected():
+                    counter["disconnects"] += 1
+                    return Response(status_code=499)
+                await asyncio.sleep(0.05)
         if body.get("stream"):
             return StreamingResponse(events(echo, behaviour), media_type="text/event-stream")
         answer = {
@@ -76,13 +87,25 @@ def build_app(name: str, event_delay_s: float) -> Starlette:
         return JSONResponse(answer)
 
     async def events(echo: dict[str, Any], behaviour: object) -> AsyncIterator[bytes]:
-        for index in range(5):
-            if behaviour == "cut-after-2" and index == 2:
-                raise StreamCut
-            chunk = {"object": "chat.completion.chunk", "index": index, "sent_at": time.time(), "echo": echo}
-            yield f"data: {json.dumps(chunk)}\n\n".encode()
-            await asyncio.sleep(event_delay_s)
-        yield b"data: [DONE]\n\n"
+        delay = 0.5 if behaviour == "slow-stream" else event_delay_s
+        complete = False
+        try:
+            for index in range(5):
+                if behaviour == "cut-after-2" and index == 2:
+                    raise StreamCut
+                chunk = {
+                    "object": "chat.completion.chunk",
+                    "index": index,
+                    "sent_at": time.time(),
+                    "echo": echo,
+                }
+                yield f"data: {json.dumps(chunk)}\n\n".encode()
+                await asyncio.sleep(delay)
+            yield b"data: [DONE]\n\n"
+            complete = True
+        finally:
+            if not complete and behaviour != "cut-after-2":
+                counter["disconnects"] += 1
 
     return Starlette(
         routes=[
@@ -103,10 +126,12 @@ def main() -> None:
     parser.add_argument("--ca", type=Path, required=True)
     parser.add_argument("--name", default="fake")
     parser.add_argument("--event-delay", type=float, default=0.05)
+    parser.add_argument("--api-key", help="require this bearer key and no client certificate")
     args = parser.parse_args()
-    context = server_context(TlsFiles(ca=args.ca, cert=args.cert, key=args.key), require_client_cert=True)
+    mtls = args.api_key is None
+    context = server_context(TlsFiles(ca=args.ca, cert=args.cert, key=args.key), require_client_cert=mtls)
     serve(
-        build_app(args.name, args.event_delay),
+        build_app(args.name, args.event_delay, args.api_key),
         host="127.0.0.1",
         port=args.port,
         ssl_context=context,
@@ -128,8 +153,9 @@ def start_fake_worker(
     name: str,
     port: int | None = None,
     event_delay: float = 0.05,
+    api_key: str | None = None,
 ) -> tuple[Any, str]:
-    """Launch one in a subprocess and wait until it answers over mTLS; returns (process, url)."""
+    """Launch one in a subprocess (the caller waits for readiness); returns (process, url)."""
     from tests.support.ports import free_port
     from tests.support.processes import ServiceProcess
 
@@ -137,6 +163,7 @@ def start_fake_worker(
     process = ServiceProcess.python_module(
         "tests.support.fake_worker", "--port", str(port), "--cert", str(cert), "--key", str(key),
         "--ca", str(ca), "--name", name, "--event-delay", str(event_delay),
+        *(["--api-key", api_key] if api_key else []),
         log_path=log_dir / f"fake-{name}-{port}.log",
     ).start()  # fmt: skip
     return process, f"https://localhost:{port}"
