@@ -240,16 +240,18 @@ def worker_stats(pki: PkiPaths, stack: Stack) -> list[dict[str, int]]:
 def test_a_client_that_leaves_cancels_the_upstream_request(pki: PkiPaths, stack: Stack, stream: bool) -> None:
     before = sum(s["disconnects"] for s in worker_stats(pki, stack))
     body = {**CHAT, "user": "slow-stream" if stream else "slow", "stream": stream}
-    with pytest.raises(httpx.ReadTimeout):
-        with httpx.stream(
+    with (
+        pytest.raises(httpx.ReadTimeout),
+        httpx.stream(
             "POST",
             f"{stack.url}/v1/chat/completions",
             json=body,
             headers={"authorization": f"Bearer {stack.token(['ml-engineers'])}"},
             timeout=httpx.Timeout(10, read=0.3),
-        ) as response:
-            for _ in response.iter_bytes():
-                pass
+        ) as response,
+    ):
+        for _ in response.iter_bytes():
+            pass
     deadline = time.monotonic() + 5
     while sum(s["disconnects"] for s in worker_stats(pki, stack)) == before and time.monotonic() < deadline:
         time.sleep(0.05)
