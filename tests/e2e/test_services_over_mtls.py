@@ -57,6 +57,7 @@ def test_gateway_reports_the_worker_ready_over_mtls(pki: PkiPaths, worker_url: s
             "url": worker_url,
             "healthy": True,
             "detail": "HTTP 200",
+            "circuit": "closed",
         }
     finally:
         gateway.stop()
@@ -76,7 +77,7 @@ def test_gateway_without_client_certificate_is_not_ready(
         assert body["status"] == "not_ready"
         worker = body["upstreams"][0]["workers"][0]
         assert worker["healthy"] is False
-        assert worker["detail"] in {"ReadError", "ConnectError", "RemoteProtocolError"}
+        assert worker["detail"] in {"ServerDisconnectedError", "ClientOSError", "ClientConnectorError"}
     finally:
         gateway.stop()
 

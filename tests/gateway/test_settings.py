@@ -119,3 +119,14 @@ def test_worker_tls_from_environment() -> None:
     settings = load_worker_settings(environ=environ)
     assert settings.tls.complete()
     assert settings.tls.allowed_clients == ["warden-gateway", "other"]
+
+
+def test_the_documented_example_settings_load() -> None:
+    example = Path(__file__).resolve().parents[2] / "deploy" / "gateway.example.yaml"
+    settings = load_gateway_settings(example, environ={})
+    assert [issuer.issuer for issuer in settings.auth.issuers] == [
+        "https://login.example.com/realms/acme",
+        "https://ci.example.com",
+    ]
+    assert settings.upstreams[1].api_key is not None
+    assert "change-me" not in repr(settings)
