@@ -12,17 +12,12 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.engine.sampling_params import SamplingParams
-
-MAX_STOP_STRINGS = 8
+from gateway.openai_api import StreamOptions, TextPart, check_stop_strings
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-
-class TextPart(_Strict):
-    type: Literal["text"]
-    text: str
 
 
 class ChatMessage(_Strict):
@@ -37,10 +32,6 @@ class ChatMessage(_Strict):
         if isinstance(self.content, str):
             return self.content
         return "".join(part.text for part in self.content)
-
-
-class StreamOptions(_Strict):
-    include_usage: bool = False
 
 
 class _Sampling(_Strict):
@@ -63,15 +54,7 @@ class _Sampling(_Strict):
     ignore_eos: bool = False  # generate exactly max_tokens (benchmarks)
     cache_salt: str | None = Field(default=None, max_length=256)
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
-        strings = [value] if isinstance(value, str) else (value or [])
-        if len(strings) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        if any(not s or len(s) > 256 for s in strings):
-            raise ValueError("each stop string must have 1 to 256 characters")
-        return value
+    _stop_strings = field_validator("stop")(check_stop_strings)
 
     def stop_strings(self) -> tuple[str, ...]:
         if self.stop is None:

@@ -3,7 +3,8 @@
 Unknown fields are refused by name: a typo must not silently change nothing, and a client must
 not smuggle worker-only fields. ``cache_salt`` in particular is set by the gateway from the
 caller's tenant, never by the client. Fields for tools and structured output are passed through
-to workers that support them.
+to workers that support them. The worker builds its own stricter models from the shared parts here
+(standard library and pydantic only).
 """
 
 from __future__ import annotations
@@ -17,6 +18,16 @@ MAX_STOP_STRINGS = 8
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def check_stop_strings(value: str | list[str] | None) -> str | list[str] | None:
+    """At most MAX_STOP_STRINGS stop strings of 1 to 256 characters (shared with the worker)."""
+    strings = [value] if isinstance(value, str) else (value or [])
+    if len(strings) > MAX_STOP_STRINGS:
+        raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
+    if any(not s or len(s) > 256 for s in strings):
+        raise ValueError("each stop string must have 1 to 256 characters")
+    return value
 
 
 class TextPart(_Strict):
@@ -63,15 +74,7 @@ class _Sampling(_Strict):
     repetition_penalty: float | None = Field(default=None, gt=0.0, le=2.0)
     ignore_eos: bool | None = None
 
-    @field_validator("stop")
-    @classmethod
-    def _stop_strings(cls, value: str | list[str] | None) -> str | list[str] | None:
-        strings = [value] if isinstance(value, str) else (value or [])
-        if len(strings) > MAX_STOP_STRINGS:
-            raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings")
-        if any(not s or len(s) > 256 for s in strings):
-            raise ValueError("each stop string must have 1 to 256 characters")
-        return value
+    _stop_strings = field_validator("stop")(check_stop_strings)
 
 
 class ChatCompletionRequest(_Sampling):

@@ -201,14 +201,16 @@ def _subject_alt_names(names: Iterable[str]) -> list[x509.GeneralName]:
 
 def write_issued(issued: Issued, cert_path: Path, key_path: Path) -> None:
     """Write a certificate (0644) and its key (0600, created with that mode, never world-readable)."""
-    _write_file(key_path, issued.key_pem(), 0o600)
-    _write_file(cert_path, issued.cert_pem(), 0o644)
+    write_key_file(key_path, issued.key_pem(), 0o600)
+    write_key_file(cert_path, issued.cert_pem(), 0o644)
 
 
-def _write_file(path: Path, data: bytes, mode: int) -> None:
+def write_key_file(path: Path, data: bytes, mode: int) -> None:
+    """Write atomically, created with its final mode so a private key is never readable by others,
+    even briefly; a symlink in the staging name's place is refused."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
     try:
         os.write(fd, data)
         os.fsync(fd)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.auth.settings import MIN_SECRET_BYTES
+from gateway.pki import write_key_file
 
 DEV_ONLY = "Development only: real deployments get tokens from their identity provider"
 PRIVATE_NAME = "jwt-private.pem"
@@ -165,8 +165,8 @@ def run_keygen(args: argparse.Namespace) -> int:
     public_pem = key.public_key().public_bytes(
         serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    _write(private_path, private_pem, 0o600)
-    _write(public_path, public_pem, 0o644)
+    write_key_file(private_path, private_pem, 0o600)
+    write_key_file(public_path, public_pem, 0o644)
     print(f"{private_path}\n{public_path}")
     print(f"verify with: keys: [{{pem: {public_path}, algorithms: [{args.alg}]}}]", file=sys.stderr)
     return 0
@@ -180,19 +180,6 @@ def _new_private_key(alg: str) -> rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
     if alg == "EdDSA":
         return ed25519.Ed25519PrivateKey.generate()
     return rsa.generate_private_key(public_exponent=65537, key_size=_RSA_BITS)
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    # Created with its final mode, so the private key is never readable by others, even briefly.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.chmod(mode)  # the umask may have narrowed it; make it exact
-    tmp.replace(path)
 
 
 def _error(message: str) -> int:
