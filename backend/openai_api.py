@@ -19,7 +19,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-
 class ChatMessage(_Strict):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
