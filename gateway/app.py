@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from gateway.auth import Authenticator
 from gateway.config import ConfigError
 from gateway.errors import install_error_handlers
+from gateway.metrics import render_metrics
 from gateway.pipeline import Services, completion_route, models_route
 from gateway.policy.store import PolicyError, PolicyStore
 from gateway.settings import GatewaySettings
@@ -86,10 +87,14 @@ def create_app(settings: GatewaySettings) -> Starlette:
         body = {"status": "ready" if ready else "not_ready", "policy": policy, "upstreams": upstreams}
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    async def metrics(_request: Request) -> PlainTextResponse:
+        return PlainTextResponse(render_metrics(services), media_type="text/plain; version=0.0.4")
+
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/metrics", metrics),
             Route("/v1/models", models_route(services), methods=["GET"]),
             Route("/v1/chat/completions", completion_route(services, "chat.completions"), methods=["POST"]),
             Route("/v1/completions", completion_route(services, "completions"), methods=["POST"]),

@@ -107,6 +107,11 @@ def test_good_and_bad_policies_swap_under_load_without_a_failed_request(
             return statuses, caps, broken, readyz_policy(url)
 
         statuses, caps, broken, recovered = asyncio.run(main())
+        scraped = {
+            line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+            for line in httpx.get(f"{url}/metrics", timeout=5).text.splitlines()
+            if line and not line.startswith("#")
+        }
     finally:
         gateway.stop()
         worker.stop()
@@ -115,6 +120,9 @@ def test_good_and_bad_policies_swap_under_load_without_a_failed_request(
     assert "main.yaml line 10" in str(broken["last_error"]) and "max_tokens" in str(broken["last_error"])
     assert int(str(broken["reloads_failed"])) >= 1
     assert recovered["last_error"] is None
+    assert scraped['warden_gateway_policy_reloads_total{result="failed"}'] >= 1
+    assert scraped["warden_gateway_policy_last_reload_failed"] == 0
+    assert scraped[f'warden_gateway_policy_info{{version="{recovered["version"]}"}}'] == 1
 
 
 def test_sighup_reloads_at_once(pki: PkiPaths, tmp_path: Path) -> None:
