@@ -15,7 +15,7 @@ def _label(value: str) -> str:
 def render_metrics(services: Services) -> str:
     policies = services.policies
     lines = [
-        "# HELP warden_gateway_policy_reloads_total Policy loads by result (a failed load keeps the last good).",
+        "# HELP warden_gateway_policy_reloads_total Policy loads by result (failed keeps the last good).",
         "# TYPE warden_gateway_policy_reloads_total counter",
         f'warden_gateway_policy_reloads_total{{result="ok"}} {policies.reloads_ok}',
         f'warden_gateway_policy_reloads_total{{result="failed"}} {policies.reloads_failed}',
