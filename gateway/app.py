@@ -15,11 +15,15 @@ from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
 from gateway.auth import Authenticator
+from gateway.cache import ResponseCache
 from gateway.config import ConfigError
 from gateway.errors import install_error_handlers
+from gateway.finish import Finisher
+from gateway.limits import Limiter
 from gateway.metrics import render_metrics
 from gateway.pipeline import Services, completion_route, models_route
 from gateway.policy.store import PolicyError, PolicyStore
+from gateway.redis_state import RedisState
 from gateway.settings import GatewaySettings
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.router import Router
@@ -33,16 +37,23 @@ def create_app(settings: GatewaySettings) -> Starlette:
         policies = PolicyStore(settings.policy_dir)
     except PolicyError as exc:
         raise ConfigError(f"policy_dir {settings.policy_dir}: {exc}") from None
+    redis = RedisState(settings.redis)
+    cache = ResponseCache(redis, settings.cache)
+    limiter = Limiter(redis)
     services = Services(
         settings=settings,
         authenticator=Authenticator(settings.auth),
         policies=policies,
         router=Router([WorkerPool(upstream) for upstream in settings.upstreams]),
+        cache=cache,
+        limiter=limiter,
+        finish=Finisher(cache, limiter),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await services.authenticator.start()
+        await redis.start()
         tasks = [asyncio.create_task(pool.run_health_checks()) for pool in services.router.pools]
         tasks.append(asyncio.create_task(policies.watch(settings.policy_reload_interval_s)))
         reload_on_sighup(policies)
@@ -55,6 +66,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             for pool in services.router.pools:
                 await pool.aclose()
             await services.authenticator.aclose()
+            await redis.close()
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

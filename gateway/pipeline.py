@@ -19,12 +19,16 @@ from starlette.responses import JSONResponse, Response
 
 from gateway.auth import Authenticator, Principal
 from gateway.bodies import parse_model, read_json
+from gateway.cache import Lookup, ResponseCache
+from gateway.cache_keys import CacheScope
 from gateway.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
+from gateway.finish import Finisher
+from gateway.limits import Limiter, LimitScope, Reservation, estimate_prompt_tokens, tokens_to_reserve
 from gateway.openai_api import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from gateway.policy.rbac import Decision, RequestFacts, decide, visible_models
 from gateway.policy.store import PolicyStore
-from gateway.relay import relay_reply, until_disconnected
-from gateway.request_context import RequestContext, finish_request
+from gateway.relay import relay_reply, replay, until_disconnected
+from gateway.request_context import RequestContext, log_request
 from gateway.settings import GatewaySettings, LimitsSettings
 from gateway.upstream.router import Router
 
@@ -56,6 +60,9 @@ class Services:
     authenticator: Authenticator
     policies: PolicyStore
     router: Router
+    cache: ResponseCache
+    limiter: Limiter
+    finish: Finisher
 
 
 async def handle_completion(services: Services, request: Request, endpoint: str) -> Response:
@@ -65,18 +72,27 @@ async def handle_completion(services: Services, request: Request, endpoint: str)
         ctx.model = call.model
         ctx.principal = await authenticate(services, request)  # 2
         ctx.decision = authorize(services, ctx.principal, endpoint, call)  # 3
-        # 4 prompt guard · 5 token budget · 6 response cache: their steps slot in here.
-        body = upstream_body(services, ctx, call, raw)
-        path = _ENDPOINTS[endpoint][1]
         pool = services.router.pool_for(call.model)
         if pool is None:
             raise NotFound(f"The model '{call.model}' does not exist.", code="model_not_found")
+        # 4 prompt guard: its step slots in here.
+        max_tokens = effective_max_tokens(ctx, call)
+        ctx.reservation = await reserve_budget(services, ctx, call, max_tokens)  # 5
+        ctx.lookup = await look_up_cache(services, ctx, call, request)  # 6
+        if ctx.lookup.answer is not None:
+            await services.finish(ctx, 200, None, None)
+            return replay(ctx, ctx.lookup.answer)
+        body = upstream_body(ctx, call, raw, max_tokens, salted=pool.settings.send_cache_salt)
+        path = _ENDPOINTS[endpoint][1]
         reply = await until_disconnected(request, pool.send(path, body, ctx.upstream_headers()))  # 7
         ctx.worker = reply.worker.url
-        return await relay_reply(ctx, reply, services.settings.limits.max_response_bytes)  # 8, 9
+        cache_max = ctx.lookup.max_bytes or 0
+        return await relay_reply(  # 8, 9
+            ctx, reply, services.settings.limits.max_response_bytes, services.finish, cache_max
+        )
     except ApiError as error:
-        error.headers["x-request-id"] = ctx.request_id
-        finish_request(ctx, error.status_code, error.code)
+        error.headers.update(ctx.response_headers())
+        await services.finish(ctx, error.status_code, error.code, None)
         raise
 
 
@@ -90,9 +106,9 @@ async def handle_models(services: Services, request: Request) -> Response:
         names = visible_models(policy, principal.claims, services.router.model_names())
     except ApiError as error:
         error.headers["x-request-id"] = ctx.request_id
-        finish_request(ctx, error.status_code, error.code)
+        log_request(ctx, error.status_code, error.code)
         raise
-    finish_request(ctx, 200)
+    log_request(ctx, 200)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "warden"} for name in names]
     return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": ctx.request_id})
 
@@ -151,15 +167,56 @@ def authorize(
     return decision
 
 
-def upstream_body(services: Services, ctx: RequestContext, call: OpenAIRequest, raw: dict[str, Any]) -> bytes:
-    """The JSON sent to the worker: the client's fields plus the enforced cap and the tenant's salt."""
-    decision = ctx.decision
-    if decision is not None and decision.max_tokens is not None and call.requested_max_tokens() is None:
-        cap = decision.max_tokens
-        raw["max_tokens"] = min(cap, COMPLETIONS_DEFAULT_MAX_TOKENS) if ctx.endpoint == "completions" else cap
-    pool = services.router.pool_for(call.model)
-    if pool is not None and pool.settings.send_cache_salt and ctx.principal is not None:
-        raw["cache_salt"] = prefix_cache_salt(ctx.principal, decision.tenant if decision else None)
+def effective_max_tokens(ctx: RequestContext, call: OpenAIRequest) -> int | None:
+    """The client's max_tokens, or the role's cap when absent (16 for completions, its API default)."""
+    requested = call.requested_max_tokens()
+    cap = ctx.decision.max_tokens if ctx.decision is not None else None
+    if requested is not None or cap is None:
+        return requested
+    return min(cap, COMPLETIONS_DEFAULT_MAX_TOKENS) if ctx.endpoint == "completions" else cap
+
+
+async def reserve_budget(
+    services: Services, ctx: RequestContext, call: OpenAIRequest, max_tokens: int | None
+) -> Reservation | None:
+    """Reserve the most this request can use against the caller's and the tenant's budgets (429 if not)."""
+    decision, principal = ctx.decision, ctx.principal
+    if decision is None or decision.settings is None or principal is None:
+        return None
+    tokens = tokens_to_reserve(estimate_prompt_tokens(call), max_tokens or 0, call.n)
+    return await services.limiter.reserve(
+        LimitScope.of(principal, decision), decision.settings.budget, tokens
+    )
+
+
+async def look_up_cache(
+    services: Services, ctx: RequestContext, call: OpenAIRequest, request: Request
+) -> Lookup:
+    """A hit, a miss (this request computes and stores) or a bypass, scoped to the caller's identity."""
+    decision, principal = ctx.decision, ctx.principal
+    if decision is None or decision.settings is None or principal is None:
+        return Lookup("bypass", reason="disabled")
+    return await services.cache.lookup(
+        CacheScope.of(principal, decision),
+        decision.settings.cache,
+        ctx.endpoint,
+        call,
+        cache_control=request.headers.get("cache-control"),
+    )
+
+
+def upstream_body(
+    ctx: RequestContext, call: OpenAIRequest, raw: dict[str, Any], max_tokens: int | None, *, salted: bool
+) -> bytes:
+    """The JSON sent to the worker: the client's fields, the enforced cap, usage, the tenant's salt."""
+    if max_tokens is not None and call.requested_max_tokens() is None:
+        raw["max_tokens"] = max_tokens
+    if call.stream:
+        # Usage settles the budget; the usage chunk is passed on only if the client asked for it.
+        ctx.client_wants_usage = bool(call.stream_options and call.stream_options.include_usage)
+        raw["stream_options"] = {"include_usage": True}
+    if salted and ctx.principal is not None:
+        raw["cache_salt"] = prefix_cache_salt(ctx.principal, ctx.decision.tenant if ctx.decision else None)
     return json.dumps(raw, separators=(",", ":")).encode()
 
 

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from starlette.requests import Request
 
 from gateway.auth import Principal
+from gateway.cache import Lookup
+from gateway.limits import Reservation
 from gateway.policy.rbac import Decision
 
 logger = logging.getLogger("gateway.access")
@@ -32,6 +34,16 @@ def new_traceparent(incoming: str | None) -> str:
 
 
 @dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
 class RequestContext:
     request_id: str
     traceparent: str
@@ -41,6 +53,10 @@ class RequestContext:
     principal: Principal | None = None
     decision: Decision | None = None
     worker: str | None = None
+    reservation: Reservation | None = None
+    lookup: Lookup | None = None
+    usage: Usage | None = None
+    client_wants_usage: bool = False  # the client asked for the usage chunk of a stream
     finished: bool = field(default=False)
 
     @classmethod
@@ -52,6 +68,10 @@ class RequestContext:
             started=time.perf_counter(),
         )
 
+    @property
+    def cache_status(self) -> str:
+        return self.lookup.status if self.lookup is not None else "bypass"
+
     def upstream_headers(self) -> dict[str, str]:
         return {
             "content-type": "application/json",
@@ -59,15 +79,19 @@ class RequestContext:
             "x-request-id": self.request_id,
         }
 
+    def response_headers(self) -> dict[str, str]:
+        """What every answer carries: the request id, the cache outcome and the rate-limit state."""
+        headers = {"x-request-id": self.request_id, "x-cache": self.cache_status}
+        if self.reservation is not None:
+            headers.update(self.reservation.headers)
+        return headers
+
     def trace_id(self) -> str:
         return self.traceparent[3:35]
 
 
-def finish_request(ctx: RequestContext, status: int, code: str | None = None) -> None:
-    """Log the request's one line (once, whichever path ends it)."""
-    if ctx.finished:
-        return
-    ctx.finished = True
+def log_request(ctx: RequestContext, status: int, code: str | None = None) -> None:
+    """The request's one log line."""
     decision = ctx.decision
     logger.info(
         "request",
@@ -84,6 +108,9 @@ def finish_request(ctx: RequestContext, status: int, code: str | None = None) ->
             "tenant": decision.tenant if decision else None,
             "policy_version": decision.policy_version if decision else None,
             "worker": ctx.worker,
+            "cache": ctx.cache_status,
+            "tokens_in": ctx.usage.prompt_tokens if ctx.usage else None,
+            "tokens_out": ctx.usage.completion_tokens if ctx.usage else None,
             "latency_ms": round((time.perf_counter() - ctx.started) * 1000.0, 2),
         },
     )

@@ -10,6 +10,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from gateway.auth.settings import AuthSettings
 from gateway.config import StrictModel, load_settings
+from gateway.redis_settings import CacheSettings, RedisSettings
 from gateway.tls import TlsFiles
 
 ENV_PREFIX = "WARDEN_GATEWAY_"
@@ -89,7 +90,8 @@ class GatewaySettings(StrictModel):
     policy_reload_interval_s: float = Field(default=2.0, gt=0, le=3600)
     upstreams: list[UpstreamSettings] = Field(default_factory=list)
     limits: LimitsSettings = LimitsSettings()
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    redis: RedisSettings = RedisSettings()
+    cache: CacheSettings = CacheSettings()
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -42,16 +42,17 @@ def test_nested_environment_override(tmp_path: Path) -> None:
 
 
 def test_secrets_are_masked_in_repr_and_str(tmp_path: Path) -> None:
-    environ = {"WARDEN_GATEWAY_REDIS_URL": "redis://:hunter2-secret@127.0.0.1:6379/0"}
+    environ = {"WARDEN_GATEWAY_REDIS__URL": "redis://:hunter2-secret@127.0.0.1:6379/0"}
     settings = load_gateway_settings(environ=environ)
     assert "hunter2-secret" not in repr(settings)
     assert "hunter2-secret" not in str(settings)
-    assert settings.redis_url.get_secret_value().endswith("@127.0.0.1:6379/0")
+    assert settings.redis.url.get_secret_value().endswith("@127.0.0.1:6379/0")
 
 
 def test_numeric_looking_secret_stays_a_string() -> None:
-    settings = load_gateway_settings(environ={"WARDEN_GATEWAY_REDIS_URL": "0123"})
-    assert settings.redis_url.get_secret_value() == "0123"
+    settings = load_gateway_settings(environ={"WARDEN_GATEWAY_REDIS__PASSWORD": "0123"})
+    assert settings.redis.password is not None
+    assert settings.redis.password.get_secret_value() == "0123"
 
 
 @pytest.mark.parametrize(

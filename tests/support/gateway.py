@@ -26,7 +26,12 @@ def start_gateway(
     directory: Path, *, issuers: list[dict[str, Any]], policy_dir: Path, upstreams: list[dict[str, Any]],
     **extra: Any,
 ) -> tuple[ServiceProcess, str]:  # fmt: skip
-    """Write the settings file, start ``python -m gateway serve`` and wait for /healthz."""
+    """Write the settings file, start ``python -m gateway serve`` and wait for /healthz.
+
+    Without a ``redis`` section the gateway points at a port where nothing listens: it runs
+    degraded (cache bypassed, limits in process) and never touches a Redis of the machine's.
+    """
+    extra.setdefault("redis", {"url": f"redis://127.0.0.1:{free_port()}/0"})
     port = free_port()
     config = {
         "port": port,
