@@ -41,4 +41,30 @@ def render_metrics(services: Services) -> str:
             samples[per_worker[2][0]].append(f"{per_worker[2][0]}{{{labels}}} {worker.outstanding}")
     for name, help_text in per_worker:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples[name]]
+    lines += _redis_lines(services)
     return "\n".join(lines) + "\n"
+
+
+def _redis_lines(services: Services) -> list[str]:
+    cache, limiter, redis = services.cache.stats, services.limiter.stats, services.cache.redis
+    return [
+        "# HELP warden_gateway_redis_up 1 while Redis answers; 0 while the gateway runs degraded.",
+        "# TYPE warden_gateway_redis_up gauge",
+        f"warden_gateway_redis_up {int(redis.available)}",
+        "# HELP warden_gateway_redis_outages_total Transitions from up to down.",
+        "# TYPE warden_gateway_redis_outages_total counter",
+        f"warden_gateway_redis_outages_total {redis.outages}",
+        "# HELP warden_gateway_cache_requests_total Cache lookups by outcome.",
+        "# TYPE warden_gateway_cache_requests_total counter",
+        f'warden_gateway_cache_requests_total{{result="hit"}} {cache.hits}',
+        f'warden_gateway_cache_requests_total{{result="miss"}} {cache.misses}',
+        f'warden_gateway_cache_requests_total{{result="bypass"}} {cache.bypasses}',
+        "# HELP warden_gateway_cache_coalesced_total Hits served by waiting for an identical request.",
+        "# TYPE warden_gateway_cache_coalesced_total counter",
+        f"warden_gateway_cache_coalesced_total {cache.coalesced}",
+        "# HELP warden_gateway_budget_decisions_total Admission decisions of the rate limits and budgets.",
+        "# TYPE warden_gateway_budget_decisions_total counter",
+        f'warden_gateway_budget_decisions_total{{result="admitted"}} {limiter.admitted}',
+        f'warden_gateway_budget_decisions_total{{result="refused"}} {limiter.refused}',
+        f'warden_gateway_budget_decisions_total{{result="local"}} {limiter.local}',
+    ]

@@ -205,3 +205,23 @@ def test_redis_killed_under_load_fails_no_request_and_recovers(stack: Stack) -> 
     during, during_states, after, after_states = asyncio.run(scenario())
     assert during and set(during) == {200} and "bypass" in during_states
     assert set(after) == {200} and "hit" in after_states
+
+
+def test_metrics_count_cache_outcomes_and_refusals(stack: Stack) -> None:
+    def scrape() -> dict[str, float]:
+        text = httpx.get(f"{stack.url}/metrics", timeout=5).text
+        pairs = (line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+        return {name: float(value) for name, value in pairs}
+
+    before = scrape()
+    post(stack, chat("metrics probe"), ["ml-engineers"])
+    post(stack, chat("metrics probe"), ["ml-engineers"])
+    for i in range(4):
+        post(stack, chat(f"metrics refusal {i}"), ["trial"], org="metrics-tenant")
+    after = scrape()
+    hits = 'warden_gateway_cache_requests_total{result="hit"}'
+    misses = 'warden_gateway_cache_requests_total{result="miss"}'
+    assert after[hits] - before[hits] == 1 and after[misses] - before[misses] == 1
+    assert after["warden_gateway_redis_up"] == 1
+    refused = 'warden_gateway_budget_decisions_total{result="refused"}'
+    assert after[refused] - before[refused] == 1
