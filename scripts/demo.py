@@ -21,6 +21,7 @@ from scripts.demo_gateway import prepare_identity, run_gateway_demo
 from scripts.demo_worker import run_worker_demo
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
+from tests.support.redis_server import RedisServer
 
 RUN_DIR = Path("run/demo")
 
@@ -55,8 +56,10 @@ def main() -> int:
         "--tls-ca", str(paths.ca_cert), "--allow-client", "warden-gateway",
         log_path=logs / "worker.log",
     )  # fmt: skip
+    redis = RedisServer(RUN_DIR / "redis")
     config = {
         "port": gateway_port,
+        "redis": {"url": redis.url},
         "auth": {"issuers": [identity.issuer_settings()]},
         "policy_dir": str(identity.policy_dir),
         "upstreams": [
@@ -77,6 +80,7 @@ def main() -> int:
         "gateway", "serve", "--config", str(RUN_DIR / "gateway.yaml"), log_path=logs / "gateway.log"
     )
 
+    redis.start()
     with worker, gateway:
         heading("Services")
         started = time.monotonic()
@@ -111,6 +115,7 @@ def main() -> int:
             print("\nRunning; press Ctrl-C to stop (logs in run/demo/logs).")
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         heading("Shutting down (graceful drain)")
+    redis.stop()
     row("logs", str(logs))
     return 1 if failed or not gateway_ok or ready.status_code != 200 else 0
 

@@ -29,12 +29,21 @@ bindings:
   - name: analysts
     when: {claim: groups, contains: analysts}
     roles: [analyst]
+  - name: trial
+    when: {claim: groups, contains: trial}
+    roles: [trial]
 roles:
   engineer:
-    description: May chat with the bundled model, up to 128 tokens per answer.
+    description: May chat with the bundled model, up to 128 tokens per answer; answers are cached.
     models: ["smollm*"]
     max_tokens: 128
     sampling: {temperature_max: 1.0, n_max: 1}
+    cache: {enabled: true, ttl_s: 300}
+  trial:
+    description: A trial account, two requests per minute.
+    models: ["smollm*"]
+    max_tokens: 32
+    budget: {requests_per_minute: 2, tokens_per_day: 20000}
   analyst:
     description: Only the hosted models of the analytics team (none served here).
     models: ["gpt-*"]
@@ -141,6 +150,8 @@ def run_gateway_demo(gateway_url: str, identity: Identity) -> bool:
             row(label, f"denied, HTTP {denied.status_code} ({denied.code})")
             ok &= denied.status_code == 403
 
+    ok &= show_cache_and_limits(gateway_url, identity, model)
+
     explained = gateway_cli(
         "policy", "explain", str(identity.policy_dir), "--claims", '{"groups": ["analysts"], "org": "acme"}',
         "--request", f'{{"endpoint": "chat.completions", "model": "{model}"}}',
@@ -148,4 +159,37 @@ def run_gateway_demo(gateway_url: str, identity: Identity) -> bool:
     print("  policy explain for bob:")
     for line in explained.splitlines()[:4]:
         print(f"    {line}")
+    return ok
+
+
+def show_cache_and_limits(gateway_url: str, identity: Identity, model: str) -> bool:
+    """The same deterministic question twice (a cache hit), then a trial account past its rate."""
+    print("\n== Redis: response cache scoped to the tenant, rate limits and token budgets")
+    ok = True
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": "Define phishing briefly."}],
+        "temperature": 0,
+    }
+    alice = {"authorization": f"Bearer {identity.mint('alice', 'ml-engineers', 'acme')}"}
+    for attempt in ("first", "second"):
+        started = time.perf_counter()
+        answer = httpx.post(f"{gateway_url}/v1/chat/completions", json=body, headers=alice, timeout=120)
+        took = (time.perf_counter() - started) * 1000
+        row(f"alice, {attempt} time", f"x-cache: {answer.headers.get('x-cache')}  {took:.0f} ms")
+        ok &= answer.status_code == 200
+    ok &= answer.headers.get("x-cache") == "hit"
+    carol = {"authorization": f"Bearer {identity.mint('carol', 'trial', 'startup')}"}
+    short = {**body, "max_tokens": 8}
+    for attempt in range(1, 4):
+        answer = httpx.post(f"{gateway_url}/v1/chat/completions", json=short, headers=carol, timeout=120)
+        detail = f"HTTP {answer.status_code}"
+        if answer.status_code == 429:
+            detail += (
+                f" ({answer.json()['error']['code']}, Retry-After: {answer.headers.get('retry-after')} s)"
+            )
+        else:
+            detail += f", requests left this minute: {answer.headers.get('x-ratelimit-remaining-requests')}"
+        row(f"carol (trial), request {attempt}", detail)
+    ok &= answer.status_code == 429
     return ok
