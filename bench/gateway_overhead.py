@@ -8,6 +8,10 @@ non-streaming chat completions:
   floor    a bare Starlette + httpx pass-through to the mock's mTLS port (no auth, no policy);
   gateway  ``python -m gateway serve``: JWT (ES256) + RBAC policy + mTLS routing to the mock,
            plain HTTP listener, output PII redaction off;
+  gw+budget the same gateway for a role with a rate limit and token budgets that never run out
+           (Redis: one atomic reserve before and one settle after each request);
+  gw+cache the same gateway for a role with the response cache on and deterministic requests:
+           after the first, every request is a hit served from Redis;
   target   any OpenAI-compatible gateway (``--target``), routed by its own configuration.
 Every cell runs ``repeats`` times, alternating the targets' order, and keeps the run with the
 most requests per second. CPU ms per request is the target process's user + system time over
@@ -42,6 +46,7 @@ from bench._loadgen import LoadResult, build_request, run_load
 from gateway.pki import PkiPaths, init_pki
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
+from tests.support.redis_server import RedisServer
 
 CONCURRENCY = (1, 16, 64)
 MODEL = "mock-model"
@@ -49,6 +54,7 @@ ISSUER = "https://issuer.bench.invalid"
 AUDIENCE = "warden-bench"
 TARGET_ADDED_P50_MS = 1.0  # at concurrency 1
 TARGET_RPS = 1000.0  # at concurrency 16
+TARGET_CACHE_HIT_P50_MS = 1.5  # at concurrency 1, gateway with the cache on, every request a hit
 ROW_FIELDS = (
     "target", "concurrency", "rps", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms",
     "cpu_ms_per_req", "requests", "errors",
@@ -74,11 +80,13 @@ class Target:
     pid: int | None = None  # the process whose CPU time is charged to this target
     ssl_context: ssl.SSLContext | None = None
     model: str = MODEL
+    extra_body: dict[str, object] = field(default_factory=dict)
 
     @property
     def body(self) -> bytes:
         messages = [{"role": "user", "content": "Say hello in five words."}]
-        return json.dumps({"model": self.model, "messages": messages, "max_tokens": 16}).encode()
+        body = {"model": self.model, "messages": messages, "max_tokens": 16, **self.extra_body}
+        return json.dumps(body).encode()
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,8 +197,24 @@ def checks(rows: list[Row], name: str = "gateway") -> list[tuple[str, bool]]:
 # --- the services ------------------------------------------------------------------------------
 
 
-def mint_token(root: Path) -> tuple[Path, str]:
-    """A fresh ES256 key pair: the public PEM for the gateway, and a token signed with the private key."""
+def cache_checks(rows: list[Row]) -> list[tuple[str, bool]]:
+    """Cache hits: added p50 at concurrency 1; and what the budget check costs per request."""
+    by = {(r.target, r.concurrency): r for r in rows}
+    lines = []
+    hit = by.get(("gw+cache", 1))
+    if hit is not None:
+        ok = hit.errors == 0 and hit.added_p50_ms <= TARGET_CACHE_HIT_P50_MS
+        line = f"gw+cache hit added p50 at c=1: {hit.added_p50_ms:.2f} ms (<= {TARGET_CACHE_HIT_P50_MS:g})"
+        lines.append((line, ok))
+    plain, budget = by.get(("gateway", 16)), by.get(("gw+budget", 16))
+    if plain and budget and plain.cpu_ms_per_req is not None and budget.cpu_ms_per_req is not None:
+        cost = (budget.cpu_ms_per_req - plain.cpu_ms_per_req) * 1000
+        lines.append((f"budget check CPU per request at c=16: {cost:+.0f} us (reported)", True))
+    return lines
+
+
+def mint_tokens(root: Path, roles: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
+    """A fresh ES256 key pair: the public PEM for the gateway, and one token per role."""
     key = ec.generate_private_key(ec.SECP256R1())
     public = root / "jwt-public.pem"
     public.write_bytes(
@@ -199,25 +223,36 @@ def mint_token(root: Path) -> tuple[Path, str]:
         )
     )
     now = int(time.time())
-    claims = {
-        "iss": ISSUER, "aud": AUDIENCE, "sub": "bench-user", "groups": ["bench"],
-        "iat": now, "exp": now + 3600,
-    }  # fmt: skip
-    return public, jwt.encode(claims, key, algorithm="ES256")
+    tokens = {}
+    for role in roles:
+        claims = {
+            "iss": ISSUER, "aud": AUDIENCE, "sub": f"{role}-user", "groups": [role],
+            "iat": now, "exp": now + 3600,
+        }  # fmt: skip
+        tokens[role] = jwt.encode(claims, key, algorithm="ES256")
+    return public, tokens
 
 
-def write_gateway_config(root: Path, port: int, upstream: str, pki: PkiPaths, public_key: Path) -> Path:
+def write_gateway_config(
+    root: Path, port: int, upstream: str, pki: PkiPaths, public_key: Path, redis_url: str
+) -> Path:
     policies = root / "policies"
     policies.mkdir()
+
+    def binding(role: str) -> dict[str, object]:
+        return {"name": role, "when": {"claim": "groups", "contains": role}, "roles": [role]}
+
+    base = {"models": [MODEL], "max_tokens": 64, "guards": {"pii": {"redact_output": False}}}
+    generous = {"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000}
     policy = {
         "version": 1,
-        "bindings": [{"name": "bench", "when": {"claim": "groups", "contains": "bench"}, "roles": ["bench"]}],
+        "bindings": [binding("bench"), binding("bench-budget"), binding("bench-cache")],
         "roles": {
-            "bench": {
-                "models": [MODEL],
-                "max_tokens": 64,
-                "guards": {"pii": {"redact_output": False}},
-            }
+            "bench": base,
+            # The same, plus a request rate and a token budget that never run out: the check's cost.
+            "bench-budget": {**base, "budget": generous},
+            # The same, plus the response cache: deterministic requests are served from Redis.
+            "bench-cache": {**base, "cache": {"enabled": True, "ttl_s": 3600}},
         },
     }
     (policies / "bench.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
@@ -235,6 +270,7 @@ def write_gateway_config(root: Path, port: int, upstream: str, pki: PkiPaths, pu
             ]
         },
         "policy_dir": str(policies),
+        "redis": {"url": redis_url},
         "upstreams": [
             {
                 "name": "mock",
@@ -296,12 +332,27 @@ def local_targets(
             (floor, Target("floor", f"http://127.0.0.1:{floor_port}", pid=pid_of(floor)), "/health"),
         ]
         if with_gateway:
-            public_key, token = mint_token(root)
-            config = write_gateway_config(root, gateway_port, upstream, pki, public_key)
+            redis = RedisServer(root / "redis").start()
+            stack.callback(redis.stop)
+            public_key, tokens = mint_tokens(root, ("bench", "bench-budget", "bench-cache"))
+            config = write_gateway_config(root, gateway_port, upstream, pki, public_key, redis.url)
             gateway = start("gateway", "serve", "--config", str(config), log="gateway.log")
             url = f"http://127.0.0.1:{gateway_port}"
-            auth = {"Authorization": f"Bearer {token}"}
-            started.append((gateway, Target("gateway", url, auth, pid=pid_of(gateway)), "/healthz"))
+            pid = pid_of(gateway)
+
+            def auth(role: str) -> dict[str, str]:
+                return {"Authorization": f"Bearer {tokens[role]}"}
+
+            deterministic: dict[str, object] = {"temperature": 0}
+            started += [
+                (gateway, Target("gateway", url, auth("bench"), pid=pid), "/healthz"),
+                (gateway, Target("gw+budget", url, auth("bench-budget"), pid=pid), "/healthz"),
+                (
+                    gateway,
+                    Target("gw+cache", url, auth("bench-cache"), pid=pid, extra_body=deterministic),
+                    "/healthz",
+                ),
+            ]
         for service, target, health in started:
             service.wait_http(target.url + health, timeout_s=60)
             check_serves(service, target)
@@ -363,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = build_rows(cells)
     print(table(rows))
-    results = [*checks(rows, "gateway"), *checks(rows, "target")]
+    results = [*checks(rows, "gateway"), *checks(rows, "target"), *cache_checks(rows)]
     for line, ok in results:
         print(f"{line}: {pass_fail(ok)}")
     failed = [r for r in rows if r.errors]
