@@ -130,4 +130,5 @@ def test_the_documented_example_settings_load() -> None:
         "https://ci.example.com",
     ]
     assert settings.upstreams[1].api_key is not None
-    assert "change-me" not in repr(settings)
+    assert "change-me" not in repr(settings) and "example-only" not in repr(settings)
+    assert set(settings.cache.encryption_keys) == {1, 2}
