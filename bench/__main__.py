@@ -16,6 +16,7 @@ BENCHMARKS = {
     "engine_throughput": "bench.engine_throughput",
     "worker_serving": "bench.worker_serving",
     "gateway_overhead": "bench.gateway_overhead",
+    "audit_throughput": "bench.audit_throughput",
 }
 
 

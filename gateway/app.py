@@ -14,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse
 from starlette.routing import Route
 
+from gateway.audit import AuditWriter
 from gateway.auth import Authenticator
 from gateway.cache import ResponseCache
 from gateway.config import ConfigError
@@ -40,6 +41,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     redis = RedisState(settings.redis)
     cache = ResponseCache(redis, settings.cache)
     limiter = Limiter(redis)
+    audit = AuditWriter(settings.audit) if settings.audit.enabled else None
     services = Services(
         settings=settings,
         authenticator=Authenticator(settings.auth),
@@ -47,13 +49,17 @@ def create_app(settings: GatewaySettings) -> Starlette:
         router=Router([WorkerPool(upstream) for upstream in settings.upstreams]),
         cache=cache,
         limiter=limiter,
-        finish=Finisher(cache, limiter),
+        finish=Finisher(cache, limiter, audit, settings.audit),
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
         await services.authenticator.start()
         await redis.start()
+        if audit is not None:
+            await audit.start()
+        else:
+            logger.warning("audit log disabled: set audit.directory and its keys to record every request")
         tasks = [asyncio.create_task(pool.run_health_checks()) for pool in services.router.pools]
         tasks.append(asyncio.create_task(policies.watch(settings.policy_reload_interval_s)))
         reload_on_sighup(policies)
@@ -67,6 +73,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
                 await pool.aclose()
             await services.authenticator.aclose()
             await redis.close()
+            if audit is not None:
+                await audit.close()
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -114,6 +122,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.audit = audit
     install_error_handlers(app)
     return app
 

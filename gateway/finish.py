@@ -1,23 +1,32 @@
-"""The last step of every request, whichever way it ends: store, settle, record, log.
+"""The last step of every request, whichever way it ends: record, store, settle, log.
 
 It runs before the final bytes reach the client (the last SSE event, or the whole JSON answer), so
-that an acknowledged request has always been accounted for. It runs at most once per request.
+that an acknowledged request is always in the audit log. If its record cannot be written the
+request fails with 503 (``audit_unavailable``) unless the audit settings say to fail open. It runs
+at most once per request.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
+from gateway.audit import AuditSettings, AuditUnavailable, AuditWriter, build_record, canonical_text
 from gateway.cache import ResponseCache
 from gateway.cache_entry import CachedAnswer
 from gateway.limits import Limiter
+from gateway.openai_api import ChatCompletionRequest
 from gateway.request_context import RequestContext, log_request
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(slots=True)
 class Finisher:
     cache: ResponseCache
     limiter: Limiter
+    audit: AuditWriter | None
+    audit_settings: AuditSettings
 
     async def __call__(
         self, ctx: RequestContext, status: int, code: str | None = None, answer: CachedAnswer | None = None
@@ -25,11 +34,50 @@ class Finisher:
         if ctx.finished:
             return
         ctx.finished = True
-        if ctx.lookup is not None:
-            await self.cache.complete(ctx.lookup, answer if status == 200 else None)
-        if ctx.reservation is not None:
-            await self.limiter.settle(ctx.reservation, self._used_tokens(ctx, status))
-        log_request(ctx, status, code)
+        recorded = False
+        try:
+            await self._record(ctx, status, code)
+            recorded = True
+        except AuditUnavailable as error:
+            status, code = error.status_code, error.code
+            raise
+        finally:
+            if ctx.lookup is not None:
+                keep = recorded and status == 200
+                await self.cache.complete(ctx.lookup, answer if keep else None)
+            if ctx.reservation is not None:
+                await self.limiter.settle(ctx.reservation, self._used_tokens(ctx, status))
+            log_request(ctx, status, code)
+
+    def wants_output(self, ctx: RequestContext) -> bool:
+        """Whether the audit record of this request needs the answer's text."""
+        settings = ctx.decision.settings if ctx.decision is not None else None
+        return self.audit is not None and settings is not None and settings.audit.outputs != "omit"
+
+    async def _record(self, ctx: RequestContext, status: int, code: str | None) -> None:
+        if self.audit is None:
+            return
+        usage = ctx.usage
+        record = build_record(
+            ctx,
+            status=status,
+            hmac_key=self.audit_settings.hmac_key_bytes(),
+            error_code=code,
+            guard_scores=ctx.guard_scores,
+            guard_rules=ctx.guard_rules,
+            pii_counts=ctx.pii_counts,
+            cache_hit=ctx.cache_status == "hit",
+            tokens_in=usage.prompt_tokens if usage else None,
+            tokens_out=usage.completion_tokens if usage else None,
+            prompt=prompt_text(ctx),
+            output="".join(ctx.output_parts) if ctx.collect_output else None,
+        )
+        try:
+            await self.audit.write(record)
+        except AuditUnavailable:
+            if not self.audit_settings.fail_open:
+                raise
+            logger.warning("request served without an audit record (audit fail_open)")
 
     @staticmethod
     def _used_tokens(ctx: RequestContext, status: int) -> int | None:
@@ -39,3 +87,13 @@ class Finisher:
         if ctx.worker is None or (status >= 400 and status != 499):
             return 0  # refused or failed before the worker produced anything
         return None
+
+
+def prompt_text(ctx: RequestContext) -> str | None:
+    """The prompt as the audit record hashes or keeps it (canonical JSON for chat messages)."""
+    call = ctx.call
+    if call is None:
+        return None
+    if isinstance(call, ChatCompletionRequest):
+        return canonical_text([m.model_dump(exclude_none=True) for m in call.messages])
+    return canonical_text(call.prompt if isinstance(call.prompt, str) else list(call.prompt))

@@ -42,7 +42,29 @@ def render_metrics(services: Services) -> str:
     for name, help_text in per_worker:
         lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples[name]]
     lines += _redis_lines(services)
+    lines += _audit_lines(services)
     return "\n".join(lines) + "\n"
+
+
+def _audit_lines(services: Services) -> list[str]:
+    writer = services.finish.audit
+    if writer is None:
+        return []
+    stats = writer.stats
+    return [
+        "# HELP warden_gateway_audit_records_total Audit records written durably.",
+        "# TYPE warden_gateway_audit_records_total counter",
+        f"warden_gateway_audit_records_total {stats.records_written}",
+        "# HELP warden_gateway_audit_commits_total Group commits (one fsync each).",
+        "# TYPE warden_gateway_audit_commits_total counter",
+        f"warden_gateway_audit_commits_total {stats.commits}",
+        "# HELP warden_gateway_audit_refused_total Requests whose record could not be written.",
+        "# TYPE warden_gateway_audit_refused_total counter",
+        f"warden_gateway_audit_refused_total {stats.refused_records}",
+        "# HELP warden_gateway_audit_up 1 while audit records can be written.",
+        "# TYPE warden_gateway_audit_up gauge",
+        f"warden_gateway_audit_up {int(stats.available)}",
+    ]
 
 
 def _redis_lines(services: Services) -> list[str]:

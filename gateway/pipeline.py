@@ -28,7 +28,7 @@ from gateway.openai_api import ChatCompletionRequest, CompletionRequest, OpenAIR
 from gateway.policy.rbac import Decision, RequestFacts, decide, visible_models
 from gateway.policy.store import PolicyStore
 from gateway.relay import relay_reply, replay, until_disconnected
-from gateway.request_context import RequestContext, log_request
+from gateway.request_context import RequestContext
 from gateway.settings import GatewaySettings, LimitsSettings
 from gateway.upstream.router import Router
 
@@ -69,9 +69,10 @@ async def handle_completion(services: Services, request: Request, endpoint: str)
     ctx = RequestContext.begin(request, endpoint)
     try:
         call, raw = await read_openai_request(request, endpoint, services.settings.limits)  # 1
-        ctx.model = call.model
+        ctx.model, ctx.call = call.model, call
         ctx.principal = await authenticate(services, request)  # 2
-        ctx.decision = authorize(services, ctx.principal, endpoint, call)  # 3
+        authorize(services, ctx, ctx.principal, call)  # 3
+        ctx.collect_output = services.finish.wants_output(ctx)
         pool = services.router.pool_for(call.model)
         if pool is None:
             raise NotFound(f"The model '{call.model}' does not exist.", code="model_not_found")
@@ -101,14 +102,14 @@ async def handle_models(services: Services, request: Request) -> Response:
     try:
         principal = await authenticate(services, request)
         ctx.principal = principal
-        ctx.decision = authorize(services, principal, "models", None)
+        authorize(services, ctx, principal, None)
         policy = services.policies.current
         names = visible_models(policy, principal.claims, services.router.model_names())
     except ApiError as error:
         error.headers["x-request-id"] = ctx.request_id
-        log_request(ctx, error.status_code, error.code)
+        await services.finish(ctx, error.status_code, error.code, None)
         raise
-    log_request(ctx, 200)
+    await services.finish(ctx, 200, None, None)
     data = [{"id": name, "object": "model", "created": 0, "owned_by": "warden"} for name in names]
     return JSONResponse({"object": "list", "data": data}, headers={"x-request-id": ctx.request_id})
 
@@ -146,9 +147,12 @@ async def authenticate(services: Services, request: Request) -> Principal:
 
 
 def authorize(
-    services: Services, principal: Principal, endpoint: str, call: OpenAIRequest | None
+    services: Services, ctx: RequestContext, principal: Principal, call: OpenAIRequest | None
 ) -> Decision:
-    """The policy decision for this caller and request; a denial is a 403 naming what was refused."""
+    """The policy decision for this caller and request; a denial is a 403 naming what was refused.
+
+    The decision is kept on the context either way, so that the audit record names its rule."""
+    endpoint = ctx.endpoint
     facts = RequestFacts(endpoint=endpoint)
     if call is not None:
         facts = RequestFacts(
@@ -160,7 +164,7 @@ def authorize(
             n=call.n,
             stream=call.stream,
         )
-    decision = decide(services.policies.current, principal.claims, facts)
+    decision = ctx.decision = decide(services.policies.current, principal.claims, facts)
     if not decision.allowed:
         param = "max_tokens" if decision.code == "max_tokens_exceeded" else None
         raise PermissionDenied(_DENIALS.get(decision.code), code=decision.code, param=param)

@@ -9,6 +9,7 @@ request is finished (cache, budget, audit, log) before the last event or the who
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
@@ -76,7 +77,7 @@ async def relay_reply(
     finally:
         await reply.aclose()
     if reply.status_code == 200:
-        ctx.usage = usage_of(body)
+        observe_answer(ctx, body)
     answer = CachedAnswer(reply.content_type, body=body, status=reply.status_code)
     await finish(ctx, reply.status_code, None, answer)
     return Response(
@@ -88,25 +89,32 @@ async def relay_events(
     ctx: RequestContext, reply: UpstreamReply, finish: Finish, capture: StreamCapture
 ) -> AsyncIterator[bytes]:
     """The worker's SSE events as they arrive; the request is finished before ``[DONE]`` goes out."""
-    status, code = 200, None
     try:
-        async for event in _usage_filtered(ctx, sse_events(reply.chunks())):
+        async for event in _observed(ctx, sse_events(reply.chunks())):
             if event == DONE_EVENT:
                 break
             capture.add(event)
             yield event
     except UpstreamStreamError:
-        status, code = 502, "upstream_stream_interrupted"
-        await finish(ctx, status, code, None)
-        yield stream_error_event(code)
+        error: ApiError = UpstreamError(
+            "The inference worker failed while streaming the answer.", code="upstream_stream_interrupted"
+        )
+        with contextlib.suppress(ApiError):
+            await finish(ctx, error.status_code, error.code, None)
+        yield error_event(error)
         return
     except BaseException:
-        await asyncio.shield(finish(ctx, CLIENT_CLOSED_REQUEST, "client_disconnected", None))
+        with contextlib.suppress(ApiError):
+            await asyncio.shield(finish(ctx, CLIENT_CLOSED_REQUEST, "client_disconnected", None))
         raise
     finally:
         await reply.aclose()
     capture.add(DONE_EVENT)
-    await finish(ctx, status, code, capture.answer())
+    try:
+        await finish(ctx, 200, None, capture.answer())
+    except ApiError as refused:  # the request could not be recorded: no [DONE] without a record
+        yield error_event(refused)
+        return
     yield DONE_EVENT
 
 
@@ -122,25 +130,61 @@ async def sse_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield pending + _EVENT_END  # a final event the worker did not terminate
 
 
-async def _usage_filtered(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    """Take the usage from the usage chunk (always requested upstream); pass it on only if asked for."""
+async def _observed(ctx: RequestContext, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Take the usage from the usage chunk (always requested upstream; passed on only if asked for)
+    and, when the audit record needs it, the answer's text."""
     async for event in events:
-        if b'"usage"' in event and event.startswith(b"data: {"):
-            usage = usage_of(event[6:])
+        if not event.startswith(b"data: {"):
+            yield event
+            continue
+        if b'"usage"' in event or ctx.collect_output:
+            payload = _json_object(event[6:])
+            usage = usage_of(payload)
             if usage is not None:
                 ctx.usage = usage
-                if not ctx.client_wants_usage and b'"choices":[]' in event.replace(b" ", b""):
+                if not ctx.client_wants_usage and payload.get("choices") == []:
                     continue
+            if ctx.collect_output:
+                ctx.output_parts.extend(_choice_texts(payload, "delta"))
         yield event
 
 
-def usage_of(body: bytes) -> Usage | None:
+def observe_answer(ctx: RequestContext, body: bytes) -> None:
+    """Usage and (when the audit record needs it) the text of a whole JSON answer."""
+    payload = _json_object(body)
+    ctx.usage = usage_of(payload)
+    if ctx.collect_output:
+        ctx.output_parts = ["\n".join(_choice_texts(payload, "message"))]
+
+
+def usage_of(payload: dict[str, Any]) -> Usage | None:
     """The ``usage`` of an OpenAI answer or usage chunk, if it has a well-formed one."""
+    usage = payload.get("usage")
     try:
-        usage = json.loads(body).get("usage")
-        return Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))
-    except (ValueError, TypeError, KeyError, AttributeError):
+        return Usage(int(usage["prompt_tokens"]), int(usage["completion_tokens"]))  # type: ignore[index]
+    except (ValueError, TypeError, KeyError):
         return None
+
+
+def _json_object(data: bytes) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _choice_texts(payload: dict[str, Any], part: str) -> list[str]:
+    """Chat ``choices[].{message|delta}.content`` or completions ``choices[].text``."""
+    texts = []
+    for choice in payload.get("choices") or ():
+        if not isinstance(choice, dict):
+            continue
+        holder = choice.get(part)
+        text = holder.get("content") if isinstance(holder, dict) else choice.get("text")
+        if isinstance(text, str):
+            texts.append(text)
+    return texts
 
 
 def replay(ctx: RequestContext, answer: CachedAnswer) -> Response:
@@ -159,7 +203,7 @@ def replay(ctx: RequestContext, answer: CachedAnswer) -> Response:
     )
 
 
-def stream_error_event(code: str) -> bytes:
-    error = UpstreamError("The inference worker failed while streaming the answer.", code=code)
+def error_event(error: ApiError) -> bytes:
+    """An error as the last SSE event of a stream, followed by ``[DONE]``."""
     payload = json.dumps(error_body(error.message, error.error_type, error.code))
     return f"data: {payload}\n\n".encode() + DONE_EVENT

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from gateway.auth import Principal
 from gateway.cache import Lookup
 from gateway.limits import Reservation
+from gateway.openai_api import OpenAIRequest
 from gateway.policy.rbac import Decision
 
 logger = logging.getLogger("gateway.access")
@@ -57,6 +58,12 @@ class RequestContext:
     lookup: Lookup | None = None
     usage: Usage | None = None
     client_wants_usage: bool = False  # the client asked for the usage chunk of a stream
+    call: OpenAIRequest | None = None  # the validated request, for the audit record's prompt
+    collect_output: bool = False  # the audit record needs the answer's text
+    output_parts: list[str] = field(default_factory=list)
+    guard_scores: dict[str, float] = field(default_factory=dict)
+    guard_rules: tuple[str, ...] = ()
+    pii_counts: dict[str, int] = field(default_factory=dict)
     finished: bool = field(default=False)
 
     @classmethod

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from gateway.audit.settings import AuditSettings
 from gateway.auth.settings import AuthSettings
 from gateway.config import StrictModel, load_settings
 from gateway.redis_settings import CacheSettings, RedisSettings
@@ -92,6 +93,7 @@ class GatewaySettings(StrictModel):
     limits: LimitsSettings = LimitsSettings()
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
+    audit: AuditSettings = AuditSettings()
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

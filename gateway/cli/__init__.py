@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from gateway.cli import certs, policy, serve, token
+from gateway.cli import audit, certs, policy, serve, token
 from gateway.config import run_command
 
 
@@ -16,6 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     certs.register(commands)
     policy.register(commands)
     token.register(commands)
+    audit.register(commands)
     return parser
 
 
