@@ -17,6 +17,7 @@ import httpx
 
 from gateway.pki import init_pki
 from gateway.tls import TlsFiles, client_context
+from scripts.demo_audit import prepare_audit, run_audit_demo
 from scripts.demo_gateway import prepare_identity, run_gateway_demo
 from scripts.demo_worker import run_worker_demo
 from tests.support.ports import free_port
@@ -44,6 +45,7 @@ def main() -> int:
     row("certificates", f"{'created' if written else 'reused'} in {paths.root}")
     mtls = TlsFiles(ca=paths.ca_cert, cert=paths.gateway_cert, key=paths.gateway_key)
     identity = prepare_identity(RUN_DIR)
+    audit = prepare_audit(RUN_DIR)
 
     worker_port, gateway_port = free_port(), free_port()
     worker_url = f"https://localhost:{worker_port}"
@@ -60,6 +62,7 @@ def main() -> int:
     config = {
         "port": gateway_port,
         "redis": {"url": redis.url},
+        "audit": audit,
         "auth": {"issuers": [identity.issuer_settings()]},
         "policy_dir": str(identity.policy_dir),
         "upstreams": [
@@ -116,8 +119,9 @@ def main() -> int:
             signal.sigwait({signal.SIGINT, signal.SIGTERM})
         heading("Shutting down (graceful drain)")
     redis.stop()
+    audit_ok = run_audit_demo(RUN_DIR)
     row("logs", str(logs))
-    return 1 if failed or not gateway_ok or ready.status_code != 200 else 0
+    return 1 if failed or not gateway_ok or not audit_ok or ready.status_code != 200 else 0
 
 
 if __name__ == "__main__":
