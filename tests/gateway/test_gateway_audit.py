@@ -62,7 +62,11 @@ class AuditedStack:
 
     def verify(self) -> subprocess.CompletedProcess[str]:
         return gateway_cli(
-            "audit", "verify", str(self.root / "audit"), "--signing-key", str(self.keys / "signing-public.pem")
+            "audit",
+            "verify",
+            str(self.root / "audit"),
+            "--signing-key",
+            str(self.keys / "signing-public.pem"),
         )
 
 
@@ -167,3 +171,28 @@ def test_a_gateway_killed_under_load_loses_no_acknowledged_request(audited: Audi
     assert verified.returncode == 0, verified.stdout + verified.stderr
     recorded = {r["request_id"] for r in audited.records()}
     assert set(acknowledged) <= recorded
+
+
+def test_a_full_audit_disk_answers_503_and_damages_nothing(audited: AuditedStack) -> None:
+    gateway, url = start_gateway(audited.root, file_size_limit=48_000, **audited.settings)
+    headers = {"authorization": f"Bearer {audited.issuer.mint(groups=['ml-engineers'], org='acme')}"}
+    acknowledged: list[str] = []
+    refusal: httpx.Response | None = None
+    try:
+        for i in range(400):
+            response = httpx.post(
+                f"{url}/v1/chat/completions", json=chat(f"fill {i}"), headers=headers, timeout=10
+            )
+            if response.status_code == 200:
+                acknowledged.append(response.headers["x-request-id"])
+            else:
+                refusal = response
+                break
+    finally:
+        gateway.stop()
+    assert refusal is not None and refusal.status_code == 503
+    assert refusal.json()["error"]["code"] == "audit_unavailable"
+    assert len(acknowledged) > 5
+    verified = audited.verify()
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert set(acknowledged) <= {r["request_id"] for r in audited.records()}

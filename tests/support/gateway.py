@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def upstream(pki: PkiPaths, name: str, models: list[str], workers: list[str], **
 
 def start_gateway(
     directory: Path, *, issuers: list[dict[str, Any]], policy_dir: Path, upstreams: list[dict[str, Any]],
-    **extra: Any,
+    file_size_limit: int | None = None, **extra: Any,
 ) -> tuple[ServiceProcess, str]:  # fmt: skip
     """Write the settings file, start ``python -m gateway serve`` and wait for /healthz.
 
@@ -44,9 +45,20 @@ def start_gateway(
     directory.mkdir(parents=True, exist_ok=True)
     path = directory / f"gateway-{port}.json"
     path.write_text(json.dumps(config))
-    process = ServiceProcess.python_module(
-        "gateway", "serve", "--config", str(path), log_path=directory / f"gateway-{port}.log"
-    ).start()
+    log_path = directory / f"gateway-{port}.log"
+    if file_size_limit is None:
+        process = ServiceProcess.python_module("gateway", "serve", "--config", str(path), log_path=log_path)
+    else:
+        # A full disk, as the gateway sees it: writes past the limit fail with EFBIG (Python ignores
+        # SIGXFSZ), for the audit segments and everything else the process writes.
+        launcher = (
+            "import resource, runpy, sys; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({file_size_limit}, {file_size_limit})); "
+            "sys.argv = ['gateway', *sys.argv[1:]]; runpy.run_module('gateway', run_name='__main__')"
+        )
+        args = [sys.executable, "-c", launcher, "serve", "--config", str(path)]
+        process = ServiceProcess(args, log_path=log_path)
+    process.start()
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz", timeout_s=30)
     return process, url
