@@ -20,6 +20,7 @@ from gateway.cache import ResponseCache
 from gateway.config import ConfigError
 from gateway.errors import install_error_handlers
 from gateway.finish import Finisher
+from gateway.guards.pii import PiiAnalyzer
 from gateway.limits import Limiter
 from gateway.metrics import render_metrics
 from gateway.pipeline import Services, completion_route, models_route
@@ -50,6 +51,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         cache=cache,
         limiter=limiter,
         finish=Finisher(cache, limiter, audit, settings.audit),
+        pii=PiiAnalyzer(settings.guards.pii),
     )
 
     @contextlib.asynccontextmanager
@@ -75,6 +77,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
             await redis.close()
             if audit is not None:
                 await audit.close()
+            services.pii.close()
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})

@@ -23,8 +23,10 @@ from gateway.cache import Lookup, ResponseCache
 from gateway.cache_keys import CacheScope
 from gateway.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from gateway.finish import Finisher
+from gateway.guards.pii import PiiAnalyzer
 from gateway.limits import Limiter, LimitScope, Reservation, estimate_prompt_tokens, tokens_to_reserve
 from gateway.openai_api import ChatCompletionRequest, CompletionRequest, OpenAIRequest
+from gateway.output_guard import redact_prompt, redactor_for
 from gateway.policy.rbac import Decision, RequestFacts, decide, visible_models
 from gateway.policy.store import PolicyStore
 from gateway.relay import relay_reply, replay, until_disconnected
@@ -63,6 +65,7 @@ class Services:
     cache: ResponseCache
     limiter: Limiter
     finish: Finisher
+    pii: PiiAnalyzer
 
 
 async def handle_completion(services: Services, request: Request, endpoint: str) -> Response:
@@ -76,7 +79,8 @@ async def handle_completion(services: Services, request: Request, endpoint: str)
         pool = services.router.pool_for(call.model)
         if pool is None:
             raise NotFound(f"The model '{call.model}' does not exist.", code="model_not_found")
-        # 4 prompt guard: its step slots in here.
+        # 4 prompt guard: injection scoring slots in here.
+        await redact_prompt(services.pii, ctx, raw)
         max_tokens = effective_max_tokens(ctx, call)
         ctx.reservation = await reserve_budget(services, ctx, call, max_tokens)  # 5
         ctx.lookup = await look_up_cache(services, ctx, call, request)  # 6
@@ -87,9 +91,13 @@ async def handle_completion(services: Services, request: Request, endpoint: str)
         path = _ENDPOINTS[endpoint][1]
         reply = await until_disconnected(request, pool.send(path, body, ctx.upstream_headers()))  # 7
         ctx.worker = reply.worker.url
-        cache_max = ctx.lookup.max_bytes or 0
         return await relay_reply(  # 8, 9
-            ctx, reply, services.settings.limits.max_response_bytes, services.finish, cache_max
+            ctx,
+            reply,
+            max_response_bytes=services.settings.limits.max_response_bytes,
+            finish=services.finish,
+            cache_max_bytes=ctx.lookup.max_bytes or 0,
+            redactor=redactor_for(services.pii, ctx, output=True),
         )
     except ApiError as error:
         error.headers.update(ctx.response_headers())

@@ -19,6 +19,10 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway.cache_entry import CachedAnswer, StreamCapture
 from gateway.errors import ApiError, UpstreamError, error_body
+from gateway.guards.pii import GuardUnavailable
+from gateway.guards.redaction import Redactor
+from gateway.guards.sse_redaction import SseRedaction, redact_completion_body_async
+from gateway.output_guard import count_redactions, guards_fail_open
 from gateway.request_context import RequestContext, Usage
 from gateway.upstream.pool import UpstreamReply, UpstreamStreamError
 
@@ -63,11 +67,17 @@ async def _wait_for_disconnect(request: Request) -> None:
 
 
 async def relay_reply(
-    ctx: RequestContext, reply: UpstreamReply, max_response_bytes: int, finish: Finish, cache_max_bytes: int
+    ctx: RequestContext,
+    reply: UpstreamReply,
+    *,
+    max_response_bytes: int,
+    finish: Finish,
+    cache_max_bytes: int,
+    redactor: Redactor | None,
 ) -> Response:
     if reply.status_code == 200 and reply.content_type.startswith("text/event-stream"):
         capture = StreamCapture(reply.content_type, cache_max_bytes)
-        events = relay_events(ctx, reply, finish, capture)
+        events = relay_events(ctx, reply, finish, capture, redactor)
         headers = {**ctx.response_headers(), "cache-control": "no-cache"}
         return StreamingResponse(events, media_type="text/event-stream", headers=headers)
     try:
@@ -77,6 +87,7 @@ async def relay_reply(
     finally:
         await reply.aclose()
     if reply.status_code == 200:
+        body = await _redacted_body(ctx, body, redactor)
         observe_answer(ctx, body)
     answer = CachedAnswer(reply.content_type, body=body, status=reply.status_code)
     await finish(ctx, reply.status_code, None, answer)
@@ -85,12 +96,35 @@ async def relay_reply(
     )
 
 
-async def relay_events(
-    ctx: RequestContext, reply: UpstreamReply, finish: Finish, capture: StreamCapture
-) -> AsyncIterator[bytes]:
-    """The worker's SSE events as they arrive; the request is finished before ``[DONE]`` goes out."""
+async def _redacted_body(ctx: RequestContext, body: bytes, redactor: Redactor | None) -> bytes:
+    if redactor is None:
+        return body
     try:
-        async for event in _observed(ctx, sse_events(reply.chunks())):
+        return await redact_completion_body_async(body, redactor)
+    except GuardUnavailable:
+        if not guards_fail_open(ctx):
+            raise
+        return body
+    finally:
+        count_redactions(ctx, redactor)
+
+
+async def relay_events(
+    ctx: RequestContext,
+    reply: UpstreamReply,
+    finish: Finish,
+    capture: StreamCapture,
+    redactor: Redactor | None = None,
+) -> AsyncIterator[bytes]:
+    """The worker's SSE events as they arrive (redacted when the policy says so); the request is
+    finished before ``[DONE]`` goes out."""
+    chunks: AsyncIterator[bytes] = reply.chunks()
+    guard = None
+    if redactor is not None:
+        guard = SseRedaction(redactor, fail_open=guards_fail_open(ctx))
+        chunks = guard.events(chunks)
+    try:
+        async for event in _observed(ctx, sse_events(chunks)):
             if event == DONE_EVENT:
                 break
             capture.add(event)
@@ -109,9 +143,12 @@ async def relay_events(
         raise
     finally:
         await reply.aclose()
+    count_redactions(ctx, redactor)
     capture.add(DONE_EVENT)
+    failed = guard is not None and guard.failed and not guard.fail_open
+    status, code = (GuardUnavailable.status_code, GuardUnavailable.default_code) if failed else (200, None)
     try:
-        await finish(ctx, 200, None, capture.answer())
+        await finish(ctx, status, code, None if failed else capture.answer())
     except ApiError as refused:  # the request could not be recorded: no [DONE] without a record
         yield error_event(refused)
         return

@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from gateway.audit.settings import AuditSettings
 from gateway.auth.settings import AuthSettings
 from gateway.config import StrictModel, load_settings
+from gateway.guards.settings import GuardSettings
 from gateway.redis_settings import CacheSettings, RedisSettings
 from gateway.tls import TlsFiles
 
@@ -94,6 +95,7 @@ class GatewaySettings(StrictModel):
     redis: RedisSettings = RedisSettings()
     cache: CacheSettings = CacheSettings()
     audit: AuditSettings = AuditSettings()
+    guards: GuardSettings = GuardSettings()
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

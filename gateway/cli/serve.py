@@ -6,7 +6,6 @@ import argparse
 import logging
 from typing import Any
 
-from gateway.app import create_app
 from gateway.logs import configure_logging
 from gateway.serving import serve
 from gateway.settings import load_gateway_settings
@@ -24,6 +23,10 @@ def register(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here so that the other commands (policy, audit, token, certs) start without
+    # loading the guards' NLP stack.
+    from gateway.app import create_app
+
     settings = load_gateway_settings(args.config, overrides={"host": args.host, "port": args.port})
     configure_logging(settings.log_level)
     context = server_context(settings.tls.files(), require_client_cert=False) if settings.tls else None

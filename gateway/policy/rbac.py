@@ -13,9 +13,12 @@ A caller may hold several roles at once (one per matching binding, or several pe
   Each limit is merged on its own, so two roles can combine into limits neither has alone.
 * Security settings take the strictest value across all of the caller's roles, allowing or not: the
   strictest injection action (block > sanitize > flag) and lowest threshold, PII redaction if any
-  role redacts (entities joined), ``fail_open`` only if every role has it, the most retentive audit
-  mode (encrypt > hmac > omit). The cache is on only if every allowing role enables it, with the
-  shortest TTL and smallest entry size, and ``allow_nondeterministic`` only if all allow it.
+  role redacts (entities joined, lowest score thresholds, the least revealing operator: replace >
+  mask > hash > encrypt, allow-list values only if every role allows them), ``fail_open`` only if
+  every role has it, the most retentive audit mode (encrypt > hmac > omit). The cache is on only if
+  every allowing role enables it, with the shortest TTL and smallest entry size, and
+  ``allow_nondeterministic`` and ``client_no_cache`` only if all allow them. Tenant budgets merge
+  like the caller's own (most generous of the allowing roles).
 
 Pure functions over a loaded policy: no I/O, safe to call from any thread.
 """
@@ -38,6 +41,7 @@ from gateway.policy.schema import (
     PolicyDocument,
     Role,
     Sampling,
+    TenantBudget,
 )
 from gateway.policy.store import LoadedPolicy
 
@@ -53,6 +57,9 @@ DecisionCode = Literal[
 
 _ACTION_RANK = {"flag": 0, "sanitize": 1, "block": 2}
 _AUDIT_RANK = {"omit": 0, "hmac": 1, "encrypt": 2}
+# How little a redacted span reveals: a fixed text nothing, a mask its type, a hash which spans are
+# equal, a ciphertext the value itself to whoever holds the key.
+_OPERATOR_RANK = {"encrypt": 0, "hash": 1, "mask": 2, "replace": 3}
 
 T = TypeVar("T")
 
@@ -236,12 +243,29 @@ def _strictest_guards(roles: Sequence[Role]) -> Guards:
             action=max((r.guards.injection.action for r in roles), key=_ACTION_RANK.__getitem__),
             threshold=min(r.guards.injection.threshold for r in roles),
         ),
-        pii=PiiGuard(
-            redact_input=any(r.guards.pii.redact_input for r in roles),
-            redact_output=any(r.guards.pii.redact_output for r in roles),
-            entities=tuple(dict.fromkeys(e for r in roles for e in r.guards.pii.entities)),
-        ),
+        pii=_strictest_pii([r.guards.pii for r in roles]),
         fail_open=all(r.guards.fail_open for r in roles),
+    )
+
+
+def _strictest_pii(guards: Sequence[PiiGuard]) -> PiiGuard:
+    """Redact if any role does, every entity any role names, the least revealing operator, the
+    lowest thresholds, and only the allow-list values every role allows."""
+    operator = max((g.operator for g in guards), key=_OPERATOR_RANK.__getitem__)
+    entities = tuple(dict.fromkeys(e for g in guards for e in g.entities))
+    typed = dict.fromkeys(e for g in guards for e in g.thresholds)
+    allowed = {v.casefold() for v in guards[0].allow_list}
+    for guard in guards[1:]:
+        allowed &= {v.casefold() for v in guard.allow_list}
+    return PiiGuard(
+        redact_input=any(g.redact_input for g in guards),
+        redact_output=any(g.redact_output for g in guards),
+        entities=entities,
+        operator=operator,
+        replacement=next(g.replacement for g in guards if g.operator == operator),
+        score_threshold=min(g.score_threshold for g in guards),
+        thresholds={e: min(g.thresholds.get(e, g.score_threshold) for g in guards) for e in typed},
+        allow_list=tuple(dict.fromkeys(v for v in guards[0].allow_list if v.casefold() in allowed)),
     )
 
 
@@ -251,6 +275,7 @@ def _strictest_cache(roles: Sequence[Role]) -> Cache:
         ttl_s=min(r.cache.ttl_s for r in roles),
         max_entry_bytes=min(r.cache.max_entry_bytes for r in roles),
         allow_nondeterministic=all(r.cache.allow_nondeterministic for r in roles),
+        client_no_cache=all(r.cache.client_no_cache for r in roles),
     )
 
 
@@ -262,4 +287,9 @@ def _most_generous_budget(roles: Sequence[Role]) -> Budget:
         requests_per_minute=most([r.budget.requests_per_minute for r in roles]),
         tokens_per_minute=most([r.budget.tokens_per_minute for r in roles]),
         tokens_per_day=most([r.budget.tokens_per_day for r in roles]),
+        tenant=TenantBudget(
+            requests_per_minute=most([r.budget.tenant.requests_per_minute for r in roles]),
+            tokens_per_minute=most([r.budget.tenant.tokens_per_minute for r in roles]),
+            tokens_per_day=most([r.budget.tenant.tokens_per_day for r in roles]),
+        ),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import (
     AfterValidator,
@@ -39,19 +39,36 @@ NAME_PATTERN = r"^[A-Za-z][A-Za-z0-9_-]{0,63}$"
 # A claim name, or a dotted path into nested objects ("realm_access.roles"); no empty segments.
 CLAIM_PATTERN = r"^[^\s.]+(\.[^\s.]+)*$"
 GLOB_PATTERN = r"^\S+$"
-ENTITY_PATTERN = r"^[A-Z][A-Z0-9_]*$"
 # What each pattern means, for error messages people can act on.
 PATTERN_HELP = {
     NAME_PATTERN: "expected a name of up to 64 letters, digits, '_' or '-', starting with a letter",
     CLAIM_PATTERN: "expected a claim name or dotted path, without spaces or empty parts",
     GLOB_PATTERN: "expected a model name or glob without spaces",
-    ENTITY_PATTERN: "expected an entity type in capitals, such as EMAIL_ADDRESS",
 }
 
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 ClaimPath = Annotated[str, StringConstraints(pattern=CLAIM_PATTERN, max_length=256)]
 ModelGlob = Annotated[str, StringConstraints(pattern=GLOB_PATTERN, max_length=256)]
-PiiEntity = Annotated[str, StringConstraints(pattern=ENTITY_PATTERN)]
+# What the PII guard can find: patterns with checksums and cue words, secrets, and (with a spaCy
+# model configured) named entities. Presidio's names where Presidio has one.
+PiiEntity = Literal[
+    "EMAIL_ADDRESS",
+    "PHONE_NUMBER",
+    "CREDIT_CARD",
+    "IBAN_CODE",
+    "US_SSN",
+    "IP_ADDRESS",
+    "PRIVATE_KEY",
+    "AWS_ACCESS_KEY",
+    "JWT",
+    "GITHUB_TOKEN",
+    "SLACK_TOKEN",
+    "API_KEY",
+    "PERSON",
+    "LOCATION",
+    "ORGANIZATION",
+]
+PiiOperator = Literal["mask", "replace", "hash", "encrypt"]
 ClaimValue = StrictStr | StrictInt | StrictBool
 PositiveInt = Annotated[StrictInt, Field(gt=0)]
 
@@ -70,14 +87,9 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 # Tags of the `when` union; pydantic puts them into error locations, which the loader drops again.
 WHEN_TAGS = frozenset({"condition", "conditions"})
 
-DEFAULT_PII_ENTITIES: tuple[str, ...] = (
-    "EMAIL_ADDRESS",
-    "PHONE_NUMBER",
-    "CREDIT_CARD",
-    "IBAN_CODE",
-    "US_SSN",
-    "IP_ADDRESS",
-)
+NER_ENTITIES: frozenset[PiiEntity] = frozenset({"PERSON", "LOCATION", "ORGANIZATION"})
+# Every type found without an NLP model: personal data and credentials.
+DEFAULT_PII_ENTITIES: tuple[PiiEntity, ...] = tuple(e for e in get_args(PiiEntity) if e not in NER_ENTITIES)
 
 
 class PolicyModel(StrictModel):
@@ -162,14 +174,27 @@ class InjectionGuard(PolicyModel):
 
 
 class PiiGuard(PolicyModel):
-    """Redaction of personal data."""
+    """Redaction of personal data and credentials."""
 
     redact_input: StrictBool = False
     """Redact prompts before they leave the gateway."""
     redact_output: StrictBool = True
     """Redact completions (streamed or not) before they reach the caller."""
     entities: tuple[PiiEntity, ...] = DEFAULT_PII_ENTITIES
-    """Entity types to redact (Presidio names such as EMAIL_ADDRESS)."""
+    """Entity types to redact (Presidio names such as EMAIL_ADDRESS). PERSON, LOCATION and
+    ORGANIZATION need the gateway's `guards.pii.spacy_model`; without it such a request fails closed."""
+    operator: PiiOperator = "mask"
+    """mask: `<EMAIL_ADDRESS>`; replace: the `replacement` text; hash: `<EMAIL_ADDRESS:1f0c...>`, a keyed
+    hash, so one value always gives the same token; encrypt: `<EMAIL_ADDRESS:key-id:...>`, which holders
+    of the gateway's encryption key can turn back into the value."""
+    replacement: Annotated[str, StringConstraints(max_length=64)] = "[REDACTED]"
+    """The text that replaces every span when `operator` is replace."""
+    score_threshold: Fraction = 0.5
+    """Confidence from 0 to 1 at which a match is redacted; lower redacts more."""
+    thresholds: dict[PiiEntity, Fraction] = Field(default_factory=dict)
+    """Per entity type, a confidence that replaces `score_threshold` (e.g. `PHONE_NUMBER: 0.3`)."""
+    allow_list: tuple[Annotated[str, StringConstraints(min_length=1, max_length=256)], ...] = ()
+    """Values never redacted, compared whole and ignoring case (e.g. a support address)."""
 
 
 class Guards(PolicyModel):
@@ -194,10 +219,24 @@ class Cache(PolicyModel):
     """Responses larger than this are not stored."""
     allow_nondeterministic: StrictBool = False
     """Also cache requests that sample (temperature > 0 without a seed)."""
+    client_no_cache: StrictBool = True
+    """Honour `Cache-Control: no-cache` or `no-store` from the client: the answer then comes from the
+    worker and is not stored."""
+
+
+class TenantBudget(PolicyModel):
+    """Limits shared by all callers of one tenant together; unset means no limit."""
+
+    requests_per_minute: PositiveInt | None = None
+    """Requests the whole tenant may start per minute."""
+    tokens_per_minute: PositiveInt | None = None
+    """Tokens the whole tenant may use per minute."""
+    tokens_per_day: PositiveInt | None = None
+    """Tokens the whole tenant may use per day."""
 
 
 class Budget(PolicyModel):
-    """Rate limits and token budgets per caller; unset means no limit."""
+    """Rate limits and token budgets per caller; unset means no limit. Buckets refill continuously."""
 
     requests_per_minute: PositiveInt | None = None
     """Requests a caller may start per minute."""
@@ -205,6 +244,8 @@ class Budget(PolicyModel):
     """Tokens (prompt plus max_tokens reserved, settled to actual use) per caller per minute."""
     tokens_per_day: PositiveInt | None = None
     """Tokens per caller per day."""
+    tenant: TenantBudget = TenantBudget()
+    """Limits on the caller's tenant as a whole, checked together with the caller's own."""
 
 
 class Audit(PolicyModel):

@@ -32,7 +32,14 @@ bindings:
   - name: analysts
     when: {claim: groups, contains: analysts}
     roles: [analyst]
+  - name: privacy
+    when: {claim: groups, contains: privacy}
+    roles: [private]
 roles:
+  private:
+    models: ["fake-*"]
+    max_tokens: 256
+    guards: {pii: {redact_input: true}}
   engineer:
     models: ["fake-*"]
     max_tokens: 256
@@ -256,3 +263,43 @@ def test_a_client_that_leaves_cancels_the_upstream_request(pki: PkiPaths, stack:
     while sum(s["disconnects"] for s in worker_stats(pki, stack)) == before and time.monotonic() < deadline:
         time.sleep(0.05)
     assert sum(s["disconnects"] for s in worker_stats(pki, stack)) == before + 1
+
+
+SECRETS_IN_PII_TEXT = ("jane.roe@example.com", "555 0100", "4111 1111 1111 1111")
+
+
+def test_a_whole_answer_is_redacted(stack: Stack) -> None:
+    response = stack.post("/v1/chat/completions", {**CHAT, "user": "pii"}, stack.token(["ml-engineers"]))
+    content = response.json()["choices"][0]["message"]["content"]
+    assert "<EMAIL_ADDRESS>" in content and "<CREDIT_CARD>" in content and "<PHONE_NUMBER>" in content
+    assert not any(secret in content for secret in SECRETS_IN_PII_TEXT)
+
+
+def test_a_streamed_answer_is_redacted_even_when_pii_is_split_across_events(stack: Stack) -> None:
+    token = stack.token(["ml-engineers"])
+    with httpx.stream(
+        "POST",
+        f"{stack.url}/v1/chat/completions",
+        json={**CHAT, "stream": True, "user": "pii"},
+        headers={"authorization": f"Bearer {token}"},
+        timeout=10,
+    ) as response:
+        raw = response.read().decode()
+    pieces = [
+        json.loads(line[6:])["choices"][0]["delta"].get("content", "")
+        for line in raw.splitlines()
+        if line.startswith("data: {")
+    ]
+    streamed = "".join(pieces)
+    assert "<EMAIL_ADDRESS>" in streamed and "<CREDIT_CARD>" in streamed
+    assert not any(secret in raw for secret in SECRETS_IN_PII_TEXT)
+    assert raw.rstrip().endswith("data: [DONE]")
+
+
+def test_prompts_are_redacted_before_they_leave_when_the_role_says_so(stack: Stack) -> None:
+    body = {**CHAT, "messages": [{"role": "user", "content": "Mail jane.roe@example.com the report."}]}
+    private = stack.post("/v1/chat/completions", body, stack.token(["privacy"]))
+    forwarded = private.json()["echo"]["body"]["messages"][0]["content"]
+    assert forwarded == "Mail <EMAIL_ADDRESS> the report."
+    engineer = stack.post("/v1/chat/completions", body, stack.token(["ml-engineers"]))
+    assert engineer.json()["echo"]["body"]["messages"][0]["content"] == body["messages"][0]["content"]

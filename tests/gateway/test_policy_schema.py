@@ -109,3 +109,27 @@ def test_version_must_be_one() -> None:
     with pytest.raises(ValidationError):
         PolicyFile.model_validate({"version": 2})
     assert json.loads(json_schema_text())["properties"]["version"]["const"] == 1
+
+
+def test_pii_defaults_mask_every_type_found_without_a_model() -> None:
+    pii = Role(max_tokens=1).guards.pii
+    assert pii.operator == "mask" and pii.score_threshold == 0.5
+    assert pii.allow_list == () and pii.thresholds == {}
+    assert {"EMAIL_ADDRESS", "CREDIT_CARD", "PRIVATE_KEY", "API_KEY"} <= set(pii.entities)
+    assert not {"PERSON", "LOCATION", "ORGANIZATION"} & set(pii.entities)  # these need a spaCy model
+
+
+@pytest.mark.parametrize(
+    ("pii", "error"),
+    [
+        ({"entities": ["EMAIL"]}, "Input should be 'EMAIL_ADDRESS'"),
+        ({"operator": "delete"}, "Input should be 'mask', 'replace', 'hash' or 'encrypt'"),
+        ({"score_threshold": 1.5}, "less than or equal to 1"),
+        ({"thresholds": {"PHONE": 0.3}}, "Input should be 'EMAIL_ADDRESS'"),
+        ({"allow_list": [""]}, "at least 1 character"),
+        ({"replacement": "x" * 65}, "at most 64 characters"),
+    ],
+)
+def test_pii_settings_are_checked(pii: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValidationError, match=error):
+        Role.model_validate({"max_tokens": 1, "guards": {"pii": pii}})

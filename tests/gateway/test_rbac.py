@@ -33,10 +33,17 @@ roles:
     sampling: {temperature_max: 1.5, n_max: 4}
     guards:
       injection: {action: flag, threshold: 0.9}
-      pii: {redact_input: false, redact_output: false, entities: [EMAIL_ADDRESS]}
+      pii:
+        redact_input: false
+        redact_output: false
+        entities: [EMAIL_ADDRESS]
+        operator: hash
+        score_threshold: 0.7
+        thresholds: {PHONE_NUMBER: 0.3}
+        allow_list: [help@acme.example, ops@acme.example]
       fail_open: true
     cache: {enabled: true, ttl_s: 600, allow_nondeterministic: true}
-    budget: {requests_per_minute: 100, tokens_per_minute: 1000}
+    budget: {requests_per_minute: 100, tokens_per_minute: 1000, tenant: {tokens_per_day: 9000}}
     audit: {prompts: omit, outputs: hmac}
   analyst:
     models: ["llama-8b", "mistral-?b"]
@@ -45,10 +52,20 @@ roles:
     sampling: {temperature_max: 1.0, top_p_min: 0.5, allow_stream: false}
     guards:
       injection: {action: sanitize, threshold: 0.4}
-      pii: {redact_input: true, redact_output: false, entities: [PHONE_NUMBER]}
+      pii:
+        redact_input: true
+        redact_output: false
+        entities: [PHONE_NUMBER]
+        operator: encrypt
+        thresholds: {EMAIL_ADDRESS: 0.9}
+        allow_list: [HELP@acme.example]
       fail_open: true
-    cache: {enabled: false, ttl_s: 60}
-    budget: {requests_per_minute: 10, tokens_per_minute: 5000, tokens_per_day: 100}
+    cache: {enabled: false, ttl_s: 60, client_no_cache: false}
+    budget:
+      requests_per_minute: 10
+      tokens_per_minute: 5000
+      tokens_per_day: 100
+      tenant: {requests_per_minute: 50, tokens_per_day: 20000}
     audit: {prompts: encrypt, outputs: omit}
   contractor:
     models: ["llama-8b"]
@@ -255,11 +272,29 @@ def test_two_allowing_roles_take_generous_limits_and_strict_security(policy: Loa
                 "redact_input": True,
                 "redact_output": False,
                 "entities": ("EMAIL_ADDRESS", "PHONE_NUMBER"),
+                "operator": "hash",  # reveals less than encrypt
+                "replacement": "[REDACTED]",
+                "score_threshold": 0.5,  # the lower of 0.7 and the default
+                # Per type, the lowest of each role's own value for it (or its score_threshold).
+                "thresholds": {"PHONE_NUMBER": 0.3, "EMAIL_ADDRESS": 0.7},
+                "allow_list": ("help@acme.example",),  # allowed by both roles, ignoring case
             },
             "fail_open": True,
         },
-        "cache": {"enabled": False, "ttl_s": 60, "max_entry_bytes": 262144, "allow_nondeterministic": False},
-        "budget": {"requests_per_minute": 100, "tokens_per_minute": 5000, "tokens_per_day": None},
+        "cache": {
+            "enabled": False,
+            "ttl_s": 60,
+            "max_entry_bytes": 262144,
+            "allow_nondeterministic": False,
+            "client_no_cache": False,
+        },
+        "budget": {
+            "requests_per_minute": 100,
+            "tokens_per_minute": 5000,
+            "tokens_per_day": None,
+            # Each tenant limit merges on its own; the engineer sets no tenant rate, so none applies.
+            "tenant": {"requests_per_minute": None, "tokens_per_minute": None, "tokens_per_day": 20000},
+        },
         "audit": {"prompts": "encrypt", "outputs": "hmac"},
     }
 
@@ -274,8 +309,10 @@ def test_security_settings_count_roles_that_do_not_allow_the_request(policy: Loa
         "ttl_s": 600,
         "max_entry_bytes": 262144,
         "allow_nondeterministic": True,
+        "client_no_cache": True,
     }
     assert settings["budget"]["tokens_per_day"] is None
+    assert settings["budget"]["tenant"]["tokens_per_day"] == 9000
     assert settings["guards"]["injection"] == {"action": "sanitize", "threshold": 0.4}
     assert settings["guards"]["pii"]["redact_input"] is True
     assert settings["audit"]["prompts"] == "encrypt"
@@ -286,6 +323,11 @@ def test_fail_open_needs_every_role_and_defaults_stay_strict(policy: LoadedPolic
     assert settings["guards"]["fail_open"] is False  # contractor keeps the default
     assert settings["guards"]["injection"]["action"] == "block"
     assert settings["guards"]["pii"]["redact_output"] is True
+    # The contractor's defaults: masking beats hashing, and an empty allow-list allows nothing.
+    assert settings["guards"]["pii"]["operator"] == "mask"
+    assert settings["guards"]["pii"]["allow_list"] == ()
+    assert settings["guards"]["pii"]["thresholds"] == {"PHONE_NUMBER": 0.3}
+    assert settings["guards"]["pii"]["score_threshold"] == 0.5
     assert settings["cache"]["enabled"] is False
     assert settings["audit"] == {"prompts": "hmac", "outputs": "hmac"}
 

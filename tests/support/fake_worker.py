@@ -4,7 +4,8 @@
 what it received (body and the headers the gateway should or should not forward) so tests can
 check what left the gateway. The request's ``user`` field selects a behaviour:
 ``"cut-after-2"`` aborts the stream after two events, ``"slow"`` waits 30 s before answering,
-``"fail-500"`` answers 500, ``"busy"`` answers 503, ``"slow-stream"`` spaces its events 0.5 s apart.
+``"fail-500"`` answers 500, ``"busy"`` answers 503, ``"slow-stream"`` spaces its events 0.5 s apart,
+``"pii"`` answers with personal data (PII_TEXT), streamed five characters per event.
 ``/stats`` counts requests and the clients that went away before the answer was complete.
 With ``--api-key`` it plays a worker that is not ours: server-only TLS and a bearer key.
 """
@@ -29,6 +30,8 @@ from gateway.serving import serve
 from gateway.tls import TlsFiles, server_context
 
 MODEL = "fake-model"
+# The answer for ``user: "pii"``: personal data that the gateway must redact, streamed in small pieces.
+PII_TEXT = "Write to jane.roe@example.com or call +1 415 555 0100; card 4111 1111 1111 1111."
 FORWARDED = ("authorization", "traceparent", "x-request-id", "cookie")
 
 
@@ -72,14 +75,16 @@ def build_app(name: str, event_delay_s: float, api_key: str | None = None) -> St
                     return Response(status_code=499)
                 await asyncio.sleep(0.05)
         if body.get("stream"):
-            return StreamingResponse(events(echo, behaviour), media_type="text/event-stream")
+            stream = pii_events() if behaviour == "pii" else events(echo, behaviour)
+            return StreamingResponse(stream, media_type="text/event-stream")
+        content = PII_TEXT if behaviour == "pii" else "hello"
         answer = {
             "id": "cmpl-fake",
             "object": "chat.completion",
             "created": int(time.time()),
             "model": body.get("model"),
             "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": "hello"}, "finish_reason": "stop"}
+                {"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}
             ],
             "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4},
             "echo": echo,
@@ -106,6 +111,15 @@ def build_app(name: str, event_delay_s: float, api_key: str | None = None) -> St
         finally:
             if not complete and behaviour != "cut-after-2":
                 counter["disconnects"] += 1
+
+    async def pii_events() -> AsyncIterator[bytes]:
+        for start in range(0, len(PII_TEXT), 5):
+            delta = {"index": 0, "delta": {"content": PII_TEXT[start : start + 5]}, "finish_reason": None}
+            yield f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [delta]})}\n\n".encode()
+            await asyncio.sleep(0.002)
+        last = {"index": 0, "delta": {}, "finish_reason": "stop"}
+        yield f"data: {json.dumps({'object': 'chat.completion.chunk', 'choices': [last]})}\n\n".encode()
+        yield b"data: [DONE]\n\n"
 
     return Starlette(
         routes=[

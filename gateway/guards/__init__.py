@@ -1,0 +1,1 @@
+"""Content guards: prompt-injection detection and PII redaction (also on streamed output)."""
