@@ -23,7 +23,7 @@ bindings:
   - {name: engineers, when: {claim: groups, contains: ml-engineers}, roles: [engineer]}
   - {name: guests, when: {claim: groups, contains: guests}, roles: [guest]}
 roles:
-  engineer: {models: ["smollm*"], max_tokens: 32}
+  engineer: {models: ["smollm*"], max_tokens: 32, endpoints: [chat.completions, completions, models]}
   guest: {models: ["some-other-model"], max_tokens: 16}
 """
 QUESTION: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Name three colors."}]
@@ -80,3 +80,23 @@ def test_a_role_without_the_model_is_denied(clients: Clients) -> None:
     with pytest.raises(PermissionDeniedError) as denied:
         clients.guest.chat.completions.create(model=MODEL_NAME, messages=QUESTION)
     assert denied.value.code == "model_not_allowed"
+
+
+REPEATED_EMAIL = "Contact: jane.roe@example.com\nContact: jane.roe@example.com\nContact:"
+
+
+def test_the_real_model_repeating_an_email_is_redacted_streaming_and_not(clients: Clients) -> None:
+    whole = clients.engineer.completions.create(
+        model=MODEL_NAME, prompt=REPEATED_EMAIL, max_tokens=12, temperature=0
+    )
+    streamed = "".join(
+        chunk.choices[0].text
+        for chunk in clients.engineer.completions.create(
+            model=MODEL_NAME, prompt=REPEATED_EMAIL, max_tokens=12, temperature=0, stream=True
+        )
+        if chunk.choices
+    )
+    text = whole.choices[0].text
+    assert "<EMAIL_ADDRESS>" in text  # the model continued the pattern; the gateway masked it
+    assert "jane.roe@example.com" not in text and "jane.roe@example.com" not in streamed
+    assert streamed == text
