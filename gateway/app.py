@@ -20,6 +20,7 @@ from gateway.cache import ResponseCache
 from gateway.config import ConfigError
 from gateway.errors import install_error_handlers
 from gateway.finish import Finisher
+from gateway.guards.injection import InjectionScanner
 from gateway.guards.pii import PiiAnalyzer
 from gateway.limits import Limiter
 from gateway.metrics import render_metrics
@@ -52,6 +53,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
         limiter=limiter,
         finish=Finisher(cache, limiter, audit, settings.audit),
         pii=PiiAnalyzer(settings.guards.pii),
+        scanner=load_scanner(settings),
     )
 
     @contextlib.asynccontextmanager
@@ -128,6 +130,14 @@ def create_app(settings: GatewaySettings) -> Starlette:
     app.state.audit = audit
     install_error_handlers(app)
     return app
+
+
+def load_scanner(settings: GatewaySettings) -> InjectionScanner:
+    """The injection scanner; without its rules and weights the gateway does not start (fail closed)."""
+    try:
+        return InjectionScanner.load(settings.guards.injection)
+    except (OSError, ValueError) as exc:  # rules errors are already ConfigErrors naming the file
+        raise ConfigError(f"guards.injection: cannot load the classifier weights ({exc})") from None
 
 
 def reload_on_sighup(policies: PolicyStore) -> None:

@@ -23,12 +23,14 @@ from gateway.cache import Lookup, ResponseCache
 from gateway.cache_keys import CacheScope
 from gateway.errors import ApiError, InvalidRequest, NotFound, PermissionDenied
 from gateway.finish import Finisher
+from gateway.guards.injection import InjectionScanner
 from gateway.guards.pii import PiiAnalyzer
 from gateway.limits import Limiter, LimitScope, Reservation, estimate_prompt_tokens, tokens_to_reserve
 from gateway.openai_api import ChatCompletionRequest, CompletionRequest, OpenAIRequest
 from gateway.output_guard import redact_prompt, redactor_for
 from gateway.policy.rbac import Decision, RequestFacts, decide, visible_models
 from gateway.policy.store import PolicyStore
+from gateway.prompt_guard import screen_prompt
 from gateway.relay import relay_reply, replay, until_disconnected
 from gateway.request_context import RequestContext
 from gateway.settings import GatewaySettings, LimitsSettings
@@ -66,6 +68,7 @@ class Services:
     limiter: Limiter
     finish: Finisher
     pii: PiiAnalyzer
+    scanner: InjectionScanner
 
 
 async def handle_completion(services: Services, request: Request, endpoint: str) -> Response:
@@ -79,7 +82,7 @@ async def handle_completion(services: Services, request: Request, endpoint: str)
         pool = services.router.pool_for(call.model)
         if pool is None:
             raise NotFound(f"The model '{call.model}' does not exist.", code="model_not_found")
-        # 4 prompt guard: injection scoring slots in here.
+        await screen_prompt(services.scanner, ctx, call, raw)  # 4
         await redact_prompt(services.pii, ctx, raw)
         max_tokens = effective_max_tokens(ctx, call)
         ctx.reservation = await reserve_budget(services, ctx, call, max_tokens)  # 5
