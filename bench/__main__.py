@@ -17,6 +17,7 @@ BENCHMARKS = {
     "worker_serving": "bench.worker_serving",
     "gateway_overhead": "bench.gateway_overhead",
     "audit_throughput": "bench.audit_throughput",
+    "guards_eval": "bench.guards_eval",
 }
 
 
