@@ -29,7 +29,7 @@ SEED = 20251123
 SYNTHETIC_ATTACKS = 2400
 SYNTHETIC_BENIGN = 2400
 SYNTHETIC_WEIGHT = 0.25  # templated rows are near-duplicates of one another; weigh them lower
-L2_CLASSIFIER = 3e-6
+L2_CLASSIFIER = 1e-5
 L2_CALIBRATOR = 1e-3
 INNER_FOLDS = 3
 
