@@ -76,7 +76,7 @@ def stack(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         issuers=[issuer.settings()],
         policy_dir=root / "policies",
         upstreams=[upstream(pki, "fake", ["fake-model"], [worker_url])],
-        redis={"url": redis.url, "recovery_max_s": 0.5},
+        redis={"url": redis.url, "recovery_max_s": 0.5, "command_timeout_s": 2.0},
     )
     yield Stack(url, issuer, redis, worker_url, context)
     gateway.stop()
