@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from backend.engine.sampling_params import SamplingParams
-from gateway.openai_api import StreamOptions, TextPart, check_stop_strings
+from gateway.openai_api import StreamOptions, TextPart, check_one_prompt, check_stop_strings
 
 
 class _Strict(BaseModel):
@@ -103,15 +103,7 @@ class CompletionRequest(_Sampling):
     prompt: str | list[int] | list[str]
     logprobs: int | None = Field(default=None, ge=0, le=20)
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[int] | list[str]) -> str | list[int] | list[str]:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("the prompt is empty")
-            if isinstance(value[0], str) and len(value) != 1:
-                raise ValueError("one prompt per request (send several requests for a batch)")
-        return value
+    _one_prompt = field_validator("prompt")(check_one_prompt)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens or 16  # the completions API defaults to 16

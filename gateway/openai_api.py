@@ -30,6 +30,16 @@ def check_stop_strings(value: str | list[str] | None) -> str | list[str] | None:
     return value
 
 
+def check_one_prompt(value: str | list[int] | list[str]) -> str | list[int] | list[str]:
+    """One completions prompt per request: a string, token ids, or a list of exactly one string."""
+    if isinstance(value, list):
+        if not value:
+            raise ValueError("the prompt is empty")
+        if isinstance(value[0], str) and len(value) != 1:
+            raise ValueError("one prompt per request (send several requests for a batch)")
+    return value
+
+
 class TextPart(_Strict):
     type: Literal["text"]
     text: str
@@ -96,15 +106,7 @@ class CompletionRequest(_Sampling):
     logprobs: int | None = Field(default=None, ge=0, le=20)
     echo: bool | None = None
 
-    @field_validator("prompt")
-    @classmethod
-    def _one_prompt(cls, value: str | list[int] | list[str]) -> str | list[int] | list[str]:
-        if isinstance(value, list):
-            if not value:
-                raise ValueError("the prompt is empty")
-            if isinstance(value[0], str) and len(value) != 1:
-                raise ValueError("one prompt per request (send several requests for a batch)")
-        return value
+    _one_prompt = field_validator("prompt")(check_one_prompt)
 
     def requested_max_tokens(self) -> int | None:
         return self.max_tokens
