@@ -109,7 +109,16 @@ def create_app(settings: GatewaySettings) -> Starlette:
             "reloads_ok": policies.reloads_ok,
             "reloads_failed": policies.reloads_failed,
         }
-        body = {"status": "ready" if ready else "not_ready", "policy": policy, "upstreams": upstreams}
+        # Redis down is degraded but serving; an audit log that cannot record fails every request.
+        audit_up = audit is None or audit.stats.available or settings.audit.fail_open
+        ready = ready and audit_up
+        body = {
+            "status": "ready" if ready else "not_ready",
+            "policy": policy,
+            "upstreams": upstreams,
+            "redis": "up" if redis.available else "down (cache bypassed, limits per replica)",
+            "audit": "disabled" if audit is None else ("up" if audit.stats.available else "failing"),
+        }
         return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics(_request: Request) -> PlainTextResponse:

@@ -117,6 +117,7 @@ def test_every_request_allowed_or_not_is_recorded_and_verifies(audited: AuditedS
             "anonymous": httpx.post(f"{url}/v1/chat/completions", json=chat(MARKER), timeout=10),
             "invalid": httpx.post(f"{url}/v1/chat/completions", content=b"{", headers=good, timeout=10),
         }
+        ready = httpx.get(f"{url}/readyz", timeout=10).json()
     finally:
         gateway.stop()
     assert [r.status_code for r in sent.values()] == [200, 200, 403, 401, 400]
@@ -131,6 +132,7 @@ def test_every_request_allowed_or_not_is_recorded_and_verifies(audited: AuditedS
     assert (by_kind["denied"]["status"], by_kind["denied"]["decision"]) == (403, "no_role")
     assert by_kind["anonymous"]["status"] == 401 and by_kind["anonymous"]["subject"] is None
     assert by_kind["invalid"]["error_code"] == "invalid_json"
+    assert ready["audit"] == "up"
     for path in (audited.root / "audit").iterdir():
         assert MARKER.encode() not in path.read_bytes()  # never in clear on disk
         assert b"alice" not in path.read_bytes()
@@ -188,8 +190,10 @@ def test_a_full_audit_disk_answers_503_and_damages_nothing(audited: AuditedStack
             else:
                 refusal = response
                 break
+        ready = httpx.get(f"{url}/readyz", timeout=10)
     finally:
         gateway.stop()
+    assert ready.status_code == 503 and ready.json()["audit"] == "failing"
     assert refusal is not None and refusal.status_code == 503
     assert refusal.json()["error"]["code"] == "audit_unavailable"
     assert len(acknowledged) > 5

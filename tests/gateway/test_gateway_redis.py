@@ -225,3 +225,8 @@ def test_metrics_count_cache_outcomes_and_refusals(stack: Stack) -> None:
     assert after["warden_gateway_redis_up"] == 1
     refused = 'warden_gateway_budget_decisions_total{result="refused"}'
     assert after[refused] - before[refused] == 1
+
+
+def test_readyz_reports_redis(stack: Stack) -> None:
+    body = httpx.get(f"{stack.url}/readyz", timeout=5).json()
+    assert body["redis"] == "up" and body["audit"] == "disabled"
