@@ -58,11 +58,14 @@ class Finisher:
         if self.audit is None:
             return
         usage = ctx.usage
+        decision, rule = refusal_after_authorization(ctx, code)
         record = build_record(
             ctx,
             status=status,
             hmac_key=self.audit_settings.hmac_key_bytes(),
             error_code=code,
+            decision=decision,
+            rule=rule,
             guard_scores=ctx.guard_scores,
             guard_rules=ctx.guard_rules,
             pii_counts=ctx.pii_counts,
@@ -87,6 +90,20 @@ class Finisher:
         if ctx.worker is None or (status >= 400 and status != 499):
             return 0  # refused or failed before the worker produced anything
         return None
+
+
+def refusal_after_authorization(ctx: RequestContext, code: str | None) -> tuple[str | None, str | None]:
+    """When a later step (a guard, a budget) refused a request the policy allowed, the record's
+    decision is that refusal and its rule names the step; otherwise the authorization's stand."""
+    if code is None or ctx.decision is None or not ctx.decision.allowed:
+        return None, None
+    if code == "prompt_rejected":
+        return code, "guards.injection" + (f" ({', '.join(ctx.guard_rules)})" if ctx.guard_rules else "")
+    if code == "guard_unavailable":
+        return code, "guards"
+    if code.endswith("_exceeded") or code == "request_exceeds_token_budget":
+        return code, "budget"
+    return None, None
 
 
 def prompt_text(ctx: RequestContext) -> str | None:
