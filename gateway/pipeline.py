@@ -1,8 +1,10 @@
 """The request flow of an OpenAI call through the gateway, top to bottom, one small function per step.
 
-``handle_completion`` fixes the order: edge checks → authenticate → authorize → (prompt guard,
-budget and cache slot in here) → route to a worker → relay the answer → finish. Each step either
-returns what the next one needs or raises an ``ApiError`` that the error handlers render.
+``handle_completion`` fixes the order: edge checks → authenticate → authorize → prompt guard
+(injection, then PII in the prompt if the role says so) → budget → cache → route to a worker →
+relay the answer (redacted) → finish (audit record, cache store, budget settlement, log line)
+before the last byte. Each step either returns what the next one needs or raises an ``ApiError``;
+the finish step runs on every path, so refused requests are recorded too.
 """
 
 from __future__ import annotations
