@@ -30,7 +30,7 @@ SYNTHETIC_ATTACKS = 2400
 SYNTHETIC_BENIGN = 2400
 SYNTHETIC_WEIGHT = 0.25  # templated rows are near-duplicates of one another; weigh them lower
 L2_CLASSIFIER = 1e-5
-L2_CALIBRATOR = 1e-3
+L2_CALIBRATOR = 1e-4  # measured: same CV as 1e-3, better on held-out synthetic rows
 INNER_FOLDS = 3
 
 
