@@ -18,6 +18,7 @@ import ipaddress
 import re
 import threading
 import time
+from abc import abstractmethod
 from typing import Any, ClassVar
 
 import regex
@@ -65,9 +66,9 @@ class SpanRecognizer(LocalRecognizer):
     def load(self) -> None:
         """Nothing to load: the pattern is compiled with the class."""
 
+    @abstractmethod
     def judge(self, text: str, match: regex.Match[str]) -> tuple[int, int, float] | None:
         """(start, end, score) of the entity this match holds, or None."""
-        raise NotImplementedError
 
     def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[RecognizerResult]:
         results = []
