@@ -122,6 +122,8 @@ class Limiter:
 
     def buckets(self, scope: LimitScope, budget: Budget) -> list[Bucket]:
         """The buckets that apply: the caller's (within the tenant), then the tenant's."""
+        if not _limited(budget) and not (scope.tenant and _limited(budget.tenant)):
+            return []  # the common unlimited role: no key names to hash on every request
         tenant_part = _digest("tenant", scope.issuer, scope.tenant) if scope.tenant else None
         subject_part = _digest("subject", scope.issuer, scope.tenant or "", scope.subject)
         # One hash tag per call so every key of it lands in one Redis Cluster slot.
@@ -157,6 +159,11 @@ def _for(prefix: str, limits: Budget | TenantBudget, whose: str) -> list[Bucket]
         for suffix, limit, period, kind, name in specs
         if limit is not None
     ]
+
+
+def _limited(limits: Budget | TenantBudget) -> bool:
+    values = (limits.requests_per_minute, limits.tokens_per_minute, limits.tokens_per_day)
+    return any(value is not None for value in values)
 
 
 def _digest(*parts: str) -> str:
