@@ -8,10 +8,12 @@ import logging
 import signal
 import threading
 from collections.abc import AsyncIterator
+from wsgiref.simple_server import WSGIServer
 
+from prometheus_client import CONTENT_TYPE_LATEST, start_http_server
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from gateway.audit import AuditWriter
@@ -23,19 +25,24 @@ from gateway.finish import Finisher
 from gateway.guards.injection import InjectionScanner
 from gateway.guards.pii import PiiAnalyzer
 from gateway.limits import Limiter
-from gateway.metrics import render_metrics
+from gateway.metrics import GatewayMetrics
 from gateway.pipeline import Services, completion_route, models_route
 from gateway.policy.store import PolicyError, PolicyStore
 from gateway.redis_state import RedisState
 from gateway.settings import GatewaySettings
+from gateway.telemetry import RequestTelemetry
+from gateway.tracing import Tracing
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.router import Router
 
 logger = logging.getLogger(__name__)
 
 
-def create_app(settings: GatewaySettings) -> Starlette:
-    """The gateway app. An invalid policy directory is a ``ConfigError``: it never starts without one."""
+def create_app(settings: GatewaySettings, *, tracing: Tracing | None = None) -> Starlette:
+    """The gateway app. An invalid policy directory is a ``ConfigError``: it never starts without one.
+
+    ``tracing`` (from ``tracing_from_env``, or a test's in-memory exporter) records each request's
+    spans; without it nothing is traced. Metrics are always kept."""
     try:
         policies = PolicyStore(settings.policy_dir)
     except PolicyError as exc:
@@ -44,6 +51,7 @@ def create_app(settings: GatewaySettings) -> Starlette:
     cache = ResponseCache(redis, settings.cache)
     limiter = Limiter(redis)
     audit = AuditWriter(settings.audit) if settings.audit.enabled else None
+    metrics = GatewayMetrics()
     services = Services(
         settings=settings,
         authenticator=Authenticator(settings.auth),
@@ -51,10 +59,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
         router=Router([WorkerPool(upstream) for upstream in settings.upstreams]),
         cache=cache,
         limiter=limiter,
-        finish=Finisher(cache, limiter, audit, settings.audit),
+        finish=Finisher(cache, limiter, audit, settings.audit, RequestTelemetry(metrics, tracing)),
         pii=PiiAnalyzer(settings.guards.pii),
         scanner=load_scanner(settings),
+        tracing=tracing,
     )
+    metrics.watch(services)
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
@@ -67,9 +77,12 @@ def create_app(settings: GatewaySettings) -> Starlette:
         tasks = [asyncio.create_task(pool.run_health_checks()) for pool in services.router.pools]
         tasks.append(asyncio.create_task(policies.watch(settings.policy_reload_interval_s)))
         reload_on_sighup(policies)
+        scrape_port = start_metrics_port(settings, metrics)
         try:
             yield
         finally:
+            if scrape_port is not None:
+                scrape_port.shutdown()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -80,6 +93,8 @@ def create_app(settings: GatewaySettings) -> Starlette:
             if audit is not None:
                 await audit.close()
             services.pii.close()
+            if tracing is not None:
+                await asyncio.to_thread(tracing.shutdown)  # flushes what is batched
 
     async def healthz(_request: Request) -> JSONResponse:
         return JSONResponse({"status": "ok"})
@@ -121,14 +136,14 @@ def create_app(settings: GatewaySettings) -> Starlette:
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
-    async def metrics(_request: Request) -> PlainTextResponse:
-        return PlainTextResponse(render_metrics(services), media_type="text/plain; version=0.0.4")
+    async def scrape(_request: Request) -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     app = Starlette(
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
-            Route("/metrics", metrics),
+            *([] if settings.metrics.port is not None else [Route("/metrics", scrape)]),
             Route("/v1/models", models_route(services), methods=["GET"]),
             Route("/v1/chat/completions", completion_route(services, "chat.completions"), methods=["POST"]),
             Route("/v1/completions", completion_route(services, "completions"), methods=["POST"]),
@@ -136,9 +151,20 @@ def create_app(settings: GatewaySettings) -> Starlette:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.metrics = metrics
     app.state.audit = audit
     install_error_handlers(app)
     return app
+
+
+def start_metrics_port(settings: GatewaySettings, metrics: GatewayMetrics) -> WSGIServer | None:
+    """Serve the metrics on ``metrics.port`` (plain HTTP, a thread of its own) when it is set."""
+    where = settings.metrics
+    if where.port is None:
+        return None
+    server, _thread = start_http_server(where.port, where.host, registry=metrics.registry)
+    logger.info("metrics served", extra={"host": settings.metrics.host, "port": server.server_port})
+    return server
 
 
 def load_scanner(settings: GatewaySettings) -> InjectionScanner:

@@ -17,6 +17,7 @@ from gateway.cache_entry import CachedAnswer
 from gateway.limits import Limiter
 from gateway.openai_api import ChatCompletionRequest
 from gateway.request_context import RequestContext, log_request
+from gateway.telemetry import RequestTelemetry
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,7 @@ class Finisher:
     limiter: Limiter
     audit: AuditWriter | None
     audit_settings: AuditSettings
+    telemetry: RequestTelemetry | None = None
 
     async def __call__(
         self, ctx: RequestContext, status: int, code: str | None = None, answer: CachedAnswer | None = None
@@ -36,7 +38,9 @@ class Finisher:
         ctx.finished = True
         recorded = False
         try:
-            await self._record(ctx, status, code)
+            if self.audit is not None:
+                with ctx.step("audit"):
+                    await self._record(ctx, status, code)
             recorded = True
         except AuditUnavailable as error:
             status, code = error.status_code, error.code
@@ -48,6 +52,8 @@ class Finisher:
             if ctx.reservation is not None:
                 await self.limiter.settle(ctx.reservation, self._used_tokens(ctx, status))
             log_request(ctx, status, code)
+            if self.telemetry is not None:
+                self.telemetry.observe(ctx, status, code, decision_label(ctx, code))
 
     def wants_output(self, ctx: RequestContext) -> bool:
         """Whether the audit record of this request needs the answer's text."""
@@ -104,6 +110,16 @@ def refusal_after_authorization(ctx: RequestContext, code: str | None) -> tuple[
     if code.endswith("_exceeded") or code == "request_exceeds_token_budget":
         return code, "budget"
     return None, None
+
+
+def decision_label(ctx: RequestContext, code: str | None) -> str:
+    """The request's decision for the metrics: allow, the denial's code, a later refusal, or none."""
+    decision = ctx.decision
+    if decision is None:
+        return "none"  # refused before authorization (edge checks, authentication)
+    if not decision.allowed:
+        return decision.code
+    return refusal_after_authorization(ctx, code)[0] or "allow"
 
 
 def prompt_text(ctx: RequestContext) -> str | None:

@@ -1,92 +1,250 @@
-"""Prometheus text exposition of the gateway's state (extended by the observability work)."""
+"""The gateway's Prometheus metrics: events counted as requests finish, state read at scrape time.
+
+One ``CollectorRegistry`` per app (never the process-global one). Names follow the Prometheus and
+OpenTelemetry conventions: a ``warden_gateway_`` prefix, base units (seconds), ``_total`` counters.
+Label values are bounded: routes, steps, decisions, rule ids and entity types come from code and
+policy; a model name is a label only once the router serves it, and at most ``MAX_MODEL_LABELS``
+distinct names are kept (glob pools could otherwise turn client input into new series).
+"""
 
 from __future__ import annotations
 
-from gateway.pipeline import Services
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    ProcessCollector,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+
 from gateway.upstream.breaker import CircuitState
 
+if TYPE_CHECKING:
+    from gateway.pipeline import Services
+
+# The *_created series double the exposition for no dashboard use.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+MAX_MODEL_LABELS = 64
+# Gateway steps take from tens of microseconds (authorize) to minutes (a long stream upstream).
+STEP_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    30.0, 60.0, 120.0,
+)  # fmt: skip
 _CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+class GatewayMetrics:
+    """Event metrics updated by ``gateway.telemetry``; ``watch(services)`` adds the state gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        ProcessCollector(registry=self.registry)
+        r = self.registry
+        self.requests = Counter(
+            "warden_gateway_requests", "Requests by route, served model, status and policy decision.",
+            ["route", "model", "status", "decision"], registry=r,
+        )  # fmt: skip
+        self.request_duration = Histogram(
+            "warden_gateway_request_duration_seconds", "From the first byte read to the finish step.",
+            ["route"], buckets=STEP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.step_duration = Histogram(
+            "warden_gateway_step_duration_seconds", "Time spent in each pipeline step.",
+            ["step"], buckets=STEP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "warden_gateway_tokens", "Tokens reported by the workers, by model and type (input, output).",
+            ["model", "type"], registry=r,
+        )  # fmt: skip
+        self.guard_detections = Counter(
+            "warden_gateway_guard_detections", "Prompts over the injection threshold, by rule and action.",
+            ["rule", "action"], registry=r,
+        )  # fmt: skip
+        self.pii_entities = Counter(
+            "warden_gateway_pii_entities", "Personal data redacted, by entity type and direction.",
+            ["entity_type", "direction"], registry=r,
+        )  # fmt: skip
+        self.audit_write_duration = Histogram(
+            "warden_gateway_audit_write_duration_seconds", "Writing a request's audit record (durable).",
+            buckets=STEP_BUCKETS, registry=r,
+        )  # fmt: skip
+        self._models: set[str] = set()
+        self._steps: dict[str, Callable[[float], None]] = {}
+        self._routes: dict[str, Callable[[float], None]] = {}
+
+    def watch(self, services: Services) -> None:
+        """Read the policy, upstream, Redis, cache, budget and audit state at each scrape."""
+        self.registry.register(_StateCollector(services))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def model_label(self, model: str | None) -> str:
+        if model is None:
+            return "unknown"
+        if model in self._models:
+            return model
+        if len(self._models) >= MAX_MODEL_LABELS:
+            return "other"
+        self._models.add(model)
+        return model
+
+    def observe_step(self, step: str, seconds: float) -> None:
+        observe = self._steps.get(step)
+        if observe is None:  # bound methods of the labelled children, found once per step name
+            observe = self._steps[step] = self.step_duration.labels(step).observe
+        observe(seconds)
+
+    def observe_request(self, route: str, seconds: float) -> None:
+        observe = self._routes.get(route)
+        if observe is None:
+            observe = self._routes[route] = self.request_duration.labels(route).observe
+        observe(seconds)
 
 
-def render_metrics(services: Services) -> str:
+class _StateCollector(Collector):
+    def __init__(self, services: Services) -> None:
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _policy_metrics(self.services)
+        yield from _upstream_metrics(self.services)
+        yield from _redis_metrics(self.services)
+        yield from _audit_metrics(self.services)
+
+
+def _counter(
+    name: str, doc: str, value: float, labels: Iterable[tuple[str, str]] = ()
+) -> CounterMetricFamily:
+    pairs = list(labels)
+    family = CounterMetricFamily(name, doc, labels=[k for k, _ in pairs])
+    family.add_metric([v for _, v in pairs], value)
+    return family
+
+
+def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, value=value)
+
+
+def _policy_metrics(services: Services) -> Iterator[Metric]:
     policies = services.policies
-    lines = [
-        "# HELP warden_gateway_policy_reloads_total Policy loads by result (failed keeps the last good).",
-        "# TYPE warden_gateway_policy_reloads_total counter",
-        f'warden_gateway_policy_reloads_total{{result="ok"}} {policies.reloads_ok}',
-        f'warden_gateway_policy_reloads_total{{result="failed"}} {policies.reloads_failed}',
-        "# HELP warden_gateway_policy_info The policy version in force (value always 1).",
-        "# TYPE warden_gateway_policy_info gauge",
-        f'warden_gateway_policy_info{{version="{_label(policies.current.version)}"}} 1',
-        "# HELP warden_gateway_policy_last_reload_failed 1 while the latest policy update is refused.",
-        "# TYPE warden_gateway_policy_last_reload_failed gauge",
-        f"warden_gateway_policy_last_reload_failed {int(policies.last_error is not None)}",
-    ]
-    per_worker = [
-        ("warden_gateway_upstream_worker_healthy", "1 if the worker's last health check passed."),
-        ("warden_gateway_upstream_circuit_state", "Circuit breaker: 0 closed, 1 half-open, 2 open."),
-        ("warden_gateway_upstream_outstanding_requests", "Requests in flight to the worker."),
-    ]
-    samples: dict[str, list[str]] = {name: [] for name, _ in per_worker}
+    reloads = CounterMetricFamily(
+        "warden_gateway_policy_reloads",
+        "Policy loads by result (failed keeps the last good).",
+        labels=["result"],
+    )
+    reloads.add_metric(["ok"], policies.reloads_ok)
+    reloads.add_metric(["failed"], policies.reloads_failed)
+    yield reloads
+    info = GaugeMetricFamily(
+        "warden_gateway_policy_info", "The policy version in force (value 1).", labels=["version"]
+    )
+    info.add_metric([policies.current.version], 1)
+    yield info
+    yield _gauge(
+        "warden_gateway_policy_last_reload_failed",
+        "1 while the latest policy update is refused.",
+        int(policies.last_error is not None),
+    )
+
+
+def _upstream_metrics(services: Services) -> Iterator[Metric]:
+    labels = ["upstream", "worker"]
+    healthy = GaugeMetricFamily(
+        "warden_gateway_upstream_worker_healthy", "1 if the worker's last health check passed.", labels=labels
+    )
+    circuit = GaugeMetricFamily(
+        "warden_gateway_upstream_circuit_state",
+        "Circuit breaker: 0 closed, 1 half-open, 2 open.",
+        labels=labels,
+    )
+    outstanding = GaugeMetricFamily(
+        "warden_gateway_upstream_outstanding_requests", "Requests in flight to the worker.", labels=labels
+    )
+    errors = CounterMetricFamily(
+        "warden_gateway_upstream_errors",
+        "Failed exchanges with workers, by kind.",
+        labels=["upstream", "kind"],
+    )
     for pool in services.router.pools:
+        name = pool.settings.name
         for worker in pool.workers:
-            labels = f'upstream="{_label(pool.settings.name)}",worker="{_label(worker.url)}"'
-            samples[per_worker[0][0]].append(f"{per_worker[0][0]}{{{labels}}} {int(worker.healthy)}")
-            state = _CIRCUIT_VALUE[worker.breaker.state]
-            samples[per_worker[1][0]].append(f"{per_worker[1][0]}{{{labels}}} {state}")
-            samples[per_worker[2][0]].append(f"{per_worker[2][0]}{{{labels}}} {worker.outstanding}")
-    for name, help_text in per_worker:
-        lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", *samples[name]]
-    lines += _redis_lines(services)
-    lines += _audit_lines(services)
-    return "\n".join(lines) + "\n"
+            healthy.add_metric([name, worker.url], int(worker.healthy))
+            circuit.add_metric([name, worker.url], _CIRCUIT_VALUE[worker.breaker.state])
+            outstanding.add_metric([name, worker.url], worker.outstanding)
+        for kind, count in sorted(pool.errors.items()):
+            errors.add_metric([name, kind], count)
+    yield from (healthy, circuit, outstanding, errors)  # fmt: skip
 
 
-def _audit_lines(services: Services) -> list[str]:
+def _redis_metrics(services: Services) -> Iterator[Metric]:
+    cache, limiter, redis = services.cache.stats, services.limiter.stats, services.cache.redis
+    yield _gauge(
+        "warden_gateway_redis_up",
+        "1 while Redis answers; 0 while the gateway runs degraded.",
+        int(redis.available),
+    )
+    yield _counter("warden_gateway_redis_outages", "Transitions from up to down.", redis.outages)
+    lookups = CounterMetricFamily(
+        "warden_gateway_cache_requests", "Cache lookups by outcome.", labels=["result"]
+    )
+    for result, count in (("hit", cache.hits), ("miss", cache.misses), ("bypass", cache.bypasses)):
+        lookups.add_metric([result], count)
+    yield lookups
+    yield _counter(
+        "warden_gateway_cache_coalesced", "Hits served by waiting for an identical request.", cache.coalesced
+    )
+    budget = CounterMetricFamily(
+        "warden_gateway_budget_decisions",
+        "Admission decisions of the rate limits and budgets.",
+        labels=["result"],
+    )
+    for result, count in (
+        ("admitted", limiter.admitted),
+        ("refused", limiter.refused),
+        ("local", limiter.local),
+    ):
+        budget.add_metric([result], count)
+    yield budget  # fmt: skip
+
+
+def _audit_metrics(services: Services) -> Iterator[Metric]:
     writer = services.finish.audit
     if writer is None:
-        return []
+        return
     stats = writer.stats
-    return [
-        "# HELP warden_gateway_audit_records_total Audit records written durably.",
-        "# TYPE warden_gateway_audit_records_total counter",
-        f"warden_gateway_audit_records_total {stats.records_written}",
-        "# HELP warden_gateway_audit_commits_total Group commits (one fsync each).",
-        "# TYPE warden_gateway_audit_commits_total counter",
-        f"warden_gateway_audit_commits_total {stats.commits}",
-        "# HELP warden_gateway_audit_refused_total Requests whose record could not be written.",
-        "# TYPE warden_gateway_audit_refused_total counter",
-        f"warden_gateway_audit_refused_total {stats.refused_records}",
-        "# HELP warden_gateway_audit_up 1 while audit records can be written.",
-        "# TYPE warden_gateway_audit_up gauge",
-        f"warden_gateway_audit_up {int(stats.available)}",
-    ]
+    yield _counter("warden_gateway_audit_records", "Audit records written durably.", stats.records_written)
+    yield _counter("warden_gateway_audit_commits", "Group commits (one fsync each).", stats.commits)
+    yield _counter(
+        "warden_gateway_audit_refused", "Requests whose record could not be written.", stats.refused_records
+    )
+    yield _gauge("warden_gateway_audit_up", "1 while audit records can be written.", int(stats.available))
 
 
-def _redis_lines(services: Services) -> list[str]:
-    cache, limiter, redis = services.cache.stats, services.limiter.stats, services.cache.redis
-    return [
-        "# HELP warden_gateway_redis_up 1 while Redis answers; 0 while the gateway runs degraded.",
-        "# TYPE warden_gateway_redis_up gauge",
-        f"warden_gateway_redis_up {int(redis.available)}",
-        "# HELP warden_gateway_redis_outages_total Transitions from up to down.",
-        "# TYPE warden_gateway_redis_outages_total counter",
-        f"warden_gateway_redis_outages_total {redis.outages}",
-        "# HELP warden_gateway_cache_requests_total Cache lookups by outcome.",
-        "# TYPE warden_gateway_cache_requests_total counter",
-        f'warden_gateway_cache_requests_total{{result="hit"}} {cache.hits}',
-        f'warden_gateway_cache_requests_total{{result="miss"}} {cache.misses}',
-        f'warden_gateway_cache_requests_total{{result="bypass"}} {cache.bypasses}',
-        "# HELP warden_gateway_cache_coalesced_total Hits served by waiting for an identical request.",
-        "# TYPE warden_gateway_cache_coalesced_total counter",
-        f"warden_gateway_cache_coalesced_total {cache.coalesced}",
-        "# HELP warden_gateway_budget_decisions_total Admission decisions of the rate limits and budgets.",
-        "# TYPE warden_gateway_budget_decisions_total counter",
-        f'warden_gateway_budget_decisions_total{{result="admitted"}} {limiter.admitted}',
-        f'warden_gateway_budget_decisions_total{{result="refused"}} {limiter.refused}',
-        f'warden_gateway_budget_decisions_total{{result="local"}} {limiter.local}',
-    ]
+# Read at scrape time by _StateCollector; listed here for describe_metrics (a test scrapes a real
+# gateway and checks that this list and the exposition agree).
+STATE_FAMILIES = frozenset(
+    {
+        "warden_gateway_policy_reloads", "warden_gateway_policy_info",
+        "warden_gateway_policy_last_reload_failed",
+        "warden_gateway_upstream_worker_healthy", "warden_gateway_upstream_circuit_state",
+        "warden_gateway_upstream_outstanding_requests", "warden_gateway_upstream_errors",
+        "warden_gateway_redis_up", "warden_gateway_redis_outages", "warden_gateway_cache_requests",
+        "warden_gateway_cache_coalesced", "warden_gateway_budget_decisions", "warden_gateway_audit_records",
+        "warden_gateway_audit_commits", "warden_gateway_audit_refused", "warden_gateway_audit_up",
+    }
+)  # fmt: skip
+
+
+def describe_metrics() -> set[str]:
+    """Every metric family the gateway exposes, as the Prometheus parser names them (for dashboards)."""
+    events = GatewayMetrics().render().decode()
+    return {family.name for family in text_string_to_metric_families(events)} | STATE_FAMILIES

@@ -11,7 +11,7 @@ from typing import Any
 
 from gateway.guards.pii import GuardUnavailable, PiiAnalyzer
 from gateway.guards.redaction import Redactor
-from gateway.request_context import RequestContext
+from gateway.request_context import RequestContext, Step
 
 
 def redactor_for(analyzer: PiiAnalyzer, ctx: RequestContext, *, output: bool) -> Redactor | None:
@@ -40,21 +40,22 @@ async def redact_prompt(analyzer: PiiAnalyzer, ctx: RequestContext, raw: dict[st
     redactor = redactor_for(analyzer, ctx, output=False)
     if redactor is None:
         return
-    try:
-        if isinstance(raw.get("messages"), list):
-            for message in raw["messages"]:
-                await _redact_content(redactor, message)
-        elif isinstance(raw.get("prompt"), str):
-            raw["prompt"] = (await redactor.redact_async(raw["prompt"])).text
-        elif isinstance(raw.get("prompt"), list):
-            raw["prompt"] = [
-                (await redactor.redact_async(p)).text if isinstance(p, str) else p for p in raw["prompt"]
-            ]
-    except GuardUnavailable:
-        if not guards_fail_open(ctx):
-            raise
-    finally:
-        count_redactions(ctx, redactor)
+    with ctx.step("prompt_redaction"):
+        try:
+            if isinstance(raw.get("messages"), list):
+                for message in raw["messages"]:
+                    await _redact_content(redactor, message)
+            elif isinstance(raw.get("prompt"), str):
+                raw["prompt"] = (await redactor.redact_async(raw["prompt"])).text
+            elif isinstance(raw.get("prompt"), list):
+                raw["prompt"] = [
+                    (await redactor.redact_async(p)).text if isinstance(p, str) else p for p in raw["prompt"]
+                ]
+        except GuardUnavailable:
+            if not guards_fail_open(ctx):
+                raise
+        finally:
+            count_redactions(ctx, redactor, prompt=True)
 
 
 async def _redact_content(redactor: Redactor, message: dict[str, Any]) -> None:
@@ -67,9 +68,16 @@ async def _redact_content(redactor: Redactor, message: dict[str, Any]) -> None:
                 part["text"] = (await redactor.redact_async(part["text"])).text
 
 
-def count_redactions(ctx: RequestContext, redactor: Redactor | None) -> None:
+def count_redactions(ctx: RequestContext, redactor: Redactor | None, *, prompt: bool = False) -> None:
+    """Move the redactor's counts to the request (the audit record and metrics); the answer's
+    redaction time becomes its ``output_redaction`` step (its work is spread over the stream)."""
     if redactor is None:
         return
     for entity, count in redactor.counts.items():
         ctx.pii_counts[entity] = ctx.pii_counts.get(entity, 0) + count
+        if prompt:
+            ctx.pii_prompt_counts[entity] = ctx.pii_prompt_counts.get(entity, 0) + count
     redactor.counts.clear()
+    if not prompt and redactor.first_ns:
+        ctx.steps.append(Step("output_redaction", redactor.first_ns, redactor.first_ns + redactor.busy_ns))
+    redactor.first_ns = redactor.busy_ns = 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,7 @@ from gateway.prompt_guard import screen_prompt
 from gateway.relay import relay_reply, replay, until_disconnected
 from gateway.request_context import RequestContext
 from gateway.settings import GatewaySettings, LimitsSettings
+from gateway.tracing import Tracing
 from gateway.upstream.router import Router
 
 logger = logging.getLogger(__name__)
@@ -71,29 +73,38 @@ class Services:
     finish: Finisher
     pii: PiiAnalyzer
     scanner: InjectionScanner
+    tracing: Tracing | None = None
 
 
 async def handle_completion(services: Services, request: Request, endpoint: str) -> Response:
-    ctx = RequestContext.begin(request, endpoint)
+    ctx = RequestContext.begin(request, endpoint, services.tracing)
     try:
-        call, raw = await read_openai_request(request, endpoint, services.settings.limits)  # 1
+        with ctx.step("read_request"):
+            call, raw = await read_openai_request(request, endpoint, services.settings.limits)  # 1
         ctx.model, ctx.call = call.model, call
-        ctx.principal = await authenticate(services, request)  # 2
-        authorize(services, ctx, ctx.principal, call)  # 3
+        with ctx.step("authenticate"):
+            ctx.principal = await authenticate(services, request)  # 2
+        with ctx.step("authorize"):
+            authorize(services, ctx, ctx.principal, call)  # 3
         ctx.collect_output = services.finish.wants_output(ctx)
         pool = services.router.pool_for(call.model)
         if pool is None:
             raise NotFound(f"The model '{call.model}' does not exist.", code="model_not_found")
-        await screen_prompt(services.scanner, ctx, call, raw)  # 4
+        ctx.upstream = pool.settings.name
+        with ctx.step("prompt_guard"):
+            await screen_prompt(services.scanner, ctx, call, raw)  # 4
         await redact_prompt(services.pii, ctx, raw)
         max_tokens = effective_max_tokens(ctx, call)
-        ctx.reservation = await reserve_budget(services, ctx, call, max_tokens)  # 5
-        ctx.lookup = await look_up_cache(services, ctx, call, request)  # 6
+        with ctx.step("budget"):
+            ctx.reservation = await reserve_budget(services, ctx, call, max_tokens)  # 5
+        with ctx.step("cache"):
+            ctx.lookup = await look_up_cache(services, ctx, call, request)  # 6
         if ctx.lookup.answer is not None:
             await services.finish(ctx, 200, None, None)
             return replay(ctx, ctx.lookup.answer)
         body = upstream_body(ctx, call, raw, max_tokens, salted=pool.settings.send_cache_salt)
         path = _ENDPOINTS[endpoint][1]
+        ctx.upstream_started_ns = time.time_ns()
         reply = await until_disconnected(request, pool.send(path, body, ctx.upstream_headers()))  # 7
         ctx.worker = reply.worker.url
         return await relay_reply(  # 8, 9
@@ -111,11 +122,13 @@ async def handle_completion(services: Services, request: Request, endpoint: str)
 
 
 async def handle_models(services: Services, request: Request) -> Response:
-    ctx = RequestContext.begin(request, "models")
+    ctx = RequestContext.begin(request, "models", services.tracing)
     try:
-        principal = await authenticate(services, request)
+        with ctx.step("authenticate"):
+            principal = await authenticate(services, request)
         ctx.principal = principal
-        authorize(services, ctx, principal, None)
+        with ctx.step("authorize"):
+            authorize(services, ctx, principal, None)
         policy = services.policies.current
         names = visible_models(policy, principal.claims, services.router.model_names())
     except ApiError as error:

@@ -58,6 +58,7 @@ async def screen_prompt(
     ctx.guard_rules = verdict.rule_ids
     if verdict.score < policy.threshold:
         return
+    ctx.guard_action = policy.action
     if policy.action == "block":
         raise PromptRejected()
     if policy.action == "sanitize":

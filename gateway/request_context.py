@@ -2,16 +2,17 @@
 
 Identifiers come from the gateway, never from the client: the request id is fresh, and a client's
 ``traceparent`` is kept only if well-formed (its trace id joins our spans to the caller's trace).
+Each step's start and end are kept (``with ctx.step(name)``) for the step histograms and spans.
 The log line carries ids, decisions, sizes and timings, never tokens, prompts, outputs or subjects.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import secrets
 import time
 from dataclasses import dataclass, field
+from types import TracebackType
 
 from starlette.requests import Request
 
@@ -20,18 +21,46 @@ from gateway.cache import Lookup
 from gateway.limits import Reservation
 from gateway.openai_api import OpenAIRequest
 from gateway.policy.rbac import Decision
+from gateway.tracing import RequestTrace, Tracing
 
 logger = logging.getLogger("gateway.access")
 
-_TRACEPARENT = re.compile(r"^00-([0-9a-f]{32})-[0-9a-f]{16}-[0-9a-f]{2}$")
-_ZERO_TRACE = "0" * 32
+_SPAN_NAMES = {
+    "chat.completions": "POST /v1/chat/completions",
+    "completions": "POST /v1/completions",
+    "models": "GET /v1/models",
+}
 
 
-def new_traceparent(incoming: str | None) -> str:
-    """A W3C traceparent for the upstream call: the caller's trace id if valid, our own span id."""
-    match = _TRACEPARENT.match(incoming or "")
-    trace_id = match.group(1) if match and match.group(1) != _ZERO_TRACE else secrets.token_hex(16)
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
+@dataclass(slots=True)
+class Step:
+    """One pipeline step's wall-clock interval (epoch ns) and whether it ended by raising."""
+
+    name: str
+    start_ns: int
+    end_ns: int = 0
+    failed: bool = False
+
+
+class _Timed:
+    """``with ctx.step(name):`` appends the step when its block ends, however it ends."""
+
+    __slots__ = ("_step", "_steps")
+
+    def __init__(self, steps: list[Step], name: str) -> None:
+        self._steps = steps
+        self._step = Step(name, 0)
+
+    def __enter__(self) -> Step:
+        self._step.start_ns = time.time_ns()
+        return self._step
+
+    def __exit__(
+        self, kind: type[BaseException] | None, value: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self._step.end_ns = time.time_ns()
+        self._step.failed = kind is not None
+        self._steps.append(self._step)
 
 
 @dataclass(slots=True)
@@ -47,10 +76,13 @@ class Usage:
 @dataclass(slots=True)
 class RequestContext:
     request_id: str
-    traceparent: str
+    trace: RequestTrace
     endpoint: str
     started: float
     model: str | None = None
+    upstream: str | None = None  # the pool serving the model, once it is known to be served
+    upstream_span_id: int = 0  # the span whose id the worker sees as its parent
+    upstream_started_ns: int = 0
     principal: Principal | None = None
     decision: Decision | None = None
     worker: str | None = None
@@ -63,26 +95,36 @@ class RequestContext:
     output_parts: list[str] = field(default_factory=list)
     guard_scores: dict[str, float] = field(default_factory=dict)
     guard_rules: tuple[str, ...] = ()
+    guard_action: str | None = None  # block, sanitize or flag, when the injection score crossed the bar
     pii_counts: dict[str, int] = field(default_factory=dict)
+    pii_prompt_counts: dict[str, int] = field(default_factory=dict)  # the prompt's share of pii_counts
+    steps: list[Step] = field(default_factory=list)
     finished: bool = field(default=False)
 
     @classmethod
-    def begin(cls, request: Request, endpoint: str) -> RequestContext:
+    def begin(cls, request: Request, endpoint: str, tracing: Tracing | None = None) -> RequestContext:
         return cls(
             request_id=secrets.token_hex(12),
-            traceparent=new_traceparent(request.headers.get("traceparent")),
+            trace=RequestTrace.begin(
+                tracing, _SPAN_NAMES.get(endpoint, endpoint), request.headers.get("traceparent")
+            ),
             endpoint=endpoint,
             started=time.perf_counter(),
         )
+
+    def step(self, name: str) -> _Timed:
+        return _Timed(self.steps, name)
 
     @property
     def cache_status(self) -> str:
         return self.lookup.status if self.lookup is not None else "bypass"
 
     def upstream_headers(self) -> dict[str, str]:
+        """Headers of the call to the worker, whose parent span is the ``upstream`` span."""
+        self.upstream_span_id = self.trace.new_span_id()
         return {
             "content-type": "application/json",
-            "traceparent": self.traceparent,
+            "traceparent": self.trace.traceparent(self.upstream_span_id),
             "x-request-id": self.request_id,
         }
 
@@ -94,7 +136,7 @@ class RequestContext:
         return headers
 
     def trace_id(self) -> str:
-        return self.traceparent[3:35]
+        return self.trace.trace_id_hex
 
 
 def log_request(ctx: RequestContext, status: int, code: str | None = None) -> None:

@@ -83,6 +83,14 @@ class LimitsSettings(StrictModel):
     max_response_bytes: int = Field(default=16 * 1_048_576, ge=1024, le=1 << 30)
 
 
+class MetricsSettings(StrictModel):
+    """Where Prometheus scrapes: ``/metrics`` on the API port, or (``port`` set) only on a port of its
+    own over plain HTTP, so that the API port can face clients and the metrics stay in the cluster."""
+
+    port: int | None = Field(default=None, ge=0, le=65535)
+    host: str = "127.0.0.1"
+
+
 class GatewaySettings(StrictModel):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
@@ -96,6 +104,7 @@ class GatewaySettings(StrictModel):
     cache: CacheSettings = CacheSettings()
     audit: AuditSettings = AuditSettings()
     guards: GuardSettings = GuardSettings()
+    metrics: MetricsSettings = MetricsSettings()
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -6,10 +6,12 @@ import argparse
 import logging
 from typing import Any
 
+from gateway.config import ConfigError
 from gateway.logs import configure_logging
 from gateway.serving import serve
 from gateway.settings import load_gateway_settings
 from gateway.tls import server_context
+from gateway.tracing import TracingConfigError, tracing_from_env
 
 logger = logging.getLogger("gateway")
 
@@ -29,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
 
     settings = load_gateway_settings(args.config, overrides={"host": args.host, "port": args.port})
     configure_logging(settings.log_level)
+    try:
+        tracing = tracing_from_env("warden-gateway")
+    except TracingConfigError as exc:
+        raise ConfigError(str(exc)) from None
     context = server_context(settings.tls.files(), require_client_cert=False) if settings.tls else None
     logger.info(
         "gateway starting",
@@ -37,10 +43,11 @@ def run(args: argparse.Namespace) -> int:
             "port": settings.port,
             "tls": context is not None,
             "upstreams": [u.name for u in settings.upstreams],
+            "tracing": tracing is not None,
         },
     )
     serve(
-        create_app(settings),
+        create_app(settings, tracing=tracing),
         host=settings.host,
         port=settings.port,
         ssl_context=context,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -140,12 +141,22 @@ class Redactor:
         self.policy = policy
         self.operator = Operator(policy, analyzer.settings)
         self.counts: Counter[str] = Counter()
+        self.first_ns = 0  # when redaction first ran (epoch ns), and its time spent so far
+        self.busy_ns = 0
 
     def redact(self, text: str) -> Redacted:
+        started = time.time_ns()
         regions = merge(self.analyzer.analyze(text, self.policy))
         counts = Counter(region.entity_type for region in regions)
         self.counts.update(counts)
-        return Redacted(render(text, regions, self.operator), dict(counts))
+        redacted = Redacted(render(text, regions, self.operator), dict(counts))
+        self.note_work(started)
+        return redacted
+
+    def note_work(self, started_ns: int) -> None:
+        """Add the time since ``started_ns`` to this redactor's (and its stream redactors') work."""
+        self.first_ns = self.first_ns or started_ns
+        self.busy_ns += time.time_ns() - started_ns
 
     async def redact_async(self, text: str) -> Redacted:
         """``redact`` on the analyzer's threads, with its timeout (GuardUnavailable on failure)."""

@@ -19,6 +19,7 @@ e-mail address and under 300 for everything else. Analysis reads the held text p
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 
 from gateway.guards.pii import RECOGNIZERS, PiiAnalyzer, PiiSpan
@@ -81,6 +82,13 @@ class StreamRedactor:
         return self._release(final=True)
 
     def _release(self, *, final: bool) -> str:
+        started = time.time_ns()
+        try:
+            return self._release_checked(final=final)
+        finally:
+            self._redactor.note_work(started)
+
+    def _release_checked(self, *, final: bool) -> str:
         size = self._base + len(self._buffer)
         if self._ner:
             self._read_segments(final=final)

@@ -15,6 +15,7 @@ import asyncio
 import itertools
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 
@@ -74,6 +75,7 @@ class UpstreamReply:
             async for chunk in self._response.content.iter_any():
                 yield chunk
         except (aiohttp.ClientError, TimeoutError) as exc:
+            self._pool.errors["stream_interrupted"] += 1
             self._pool._finish(self, ok=False)
             raise UpstreamStreamError(type(exc).__name__) from None
 
@@ -111,6 +113,7 @@ class WorkerPool:
             for url in settings.workers
         ]
         self._turn = itertools.count()
+        self.errors: Counter[str] = Counter()  # failed exchanges by kind, for the metrics
         self._headers = {"Accept-Encoding": "identity"}
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
@@ -166,6 +169,7 @@ class WorkerPool:
             if isinstance(reply, UpstreamReply):
                 return reply
             worker.outstanding -= 1
+            self.errors[reply if reply in _ERROR_KINDS else "status"] += 1
             if reply == "busy":
                 busy += 1
                 worker.breaker.release()
@@ -183,6 +187,7 @@ class WorkerPool:
                 headers={"Retry-After": "1"},
             )
         if not tried:
+            self.errors["no_healthy_worker"] += 1
             raise ServiceUnavailable(
                 "No healthy worker serves this model right now.", code="no_healthy_worker"
             )
@@ -197,7 +202,7 @@ class WorkerPool:
                 worker.url + path, data=body, headers=headers, allow_redirects=False
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
-            return type(exc).__name__
+            return _failure_kind(exc)
         except BaseException:
             worker.outstanding -= 1
             worker.breaker.release()
@@ -209,7 +214,7 @@ class WorkerPool:
             first = await response.content.readany()
         except (aiohttp.ClientError, TimeoutError) as exc:
             response.close()
-            return type(exc).__name__
+            return _failure_kind(exc)
         except BaseException:
             response.close()
             worker.outstanding -= 1
@@ -292,3 +297,19 @@ def _model_ids(listing: object) -> tuple[str, ...]:
     if not isinstance(data, list):
         return ()
     return tuple(str(m["id"]) for m in data if isinstance(m, dict) and isinstance(m.get("id"), str))
+
+
+_ERROR_KINDS = frozenset({"busy", "connect", "timeout", "disconnected", "tls", "other"})
+
+
+def _failure_kind(exc: BaseException) -> str:
+    """A failed attempt's kind, as the metrics label it (and the retry log line names it)."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "tls"
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return "connect"
+    if isinstance(exc, TimeoutError | aiohttp.ServerTimeoutError):
+        return "timeout"
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError | aiohttp.ClientOSError):
+        return "disconnected"
+    return "other"

@@ -22,6 +22,7 @@ from gateway.config import ConfigError, load_settings
 from gateway.policy.rbac import Decision, EffectiveSettings
 from gateway.policy.schema import Audit, AuditMode, Budget, Cache, Guards, Sampling
 from gateway.request_context import RequestContext
+from gateway.tracing import RequestTrace
 from tests.gateway.test_audit_support import (
     HMAC_KEY,
     auditor_key,
@@ -61,7 +62,7 @@ def test_structured_prompts_are_hashed_in_one_canonical_form() -> None:
 def _context(decision: Decision | None, principal: Principal | None) -> RequestContext:
     return RequestContext(
         request_id="abc123",
-        traceparent=f"00-{'ab' * 16}-{'cd' * 8}-01",
+        trace=RequestTrace.begin(None, "POST /v1/chat/completions", f"00-{'ab' * 16}-{'cd' * 8}-01"),
         endpoint="chat.completions",
         started=time.perf_counter() - 0.25,
         model="tiny-model",
