@@ -10,10 +10,11 @@ from pathlib import Path
 from backend import generate
 from backend.server import create_app
 from backend.settings import WorkerSettings, load_worker_settings
-from gateway.config import run_command
+from gateway.config import ConfigError, run_command
 from gateway.logs import configure_logging
 from gateway.serving import serve
 from gateway.tls import server_context
+from gateway.tracing import TracingConfigError, tracing_from_env
 
 logger = logging.getLogger("backend")
 
@@ -37,6 +38,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--max-waiting", type=int, help="queued requests beyond which new ones get 429")
     serve_cmd.add_argument("--host")
     serve_cmd.add_argument("--port", type=int)
+    serve_cmd.add_argument(
+        "--metrics-port",
+        type=int,
+        help="serve Prometheus /metrics over plain HTTP on this port (and not on the mTLS port)",
+    )
+    serve_cmd.add_argument("--metrics-host", help="address of the metrics port (default 127.0.0.1)")
     serve_cmd.add_argument("--tls-cert", type=Path, help="the worker's certificate (PEM)")
     serve_cmd.add_argument("--tls-key", type=Path, help="the worker's private key (PEM)")
     serve_cmd.add_argument("--tls-ca", type=Path, help="CA that signs allowed client certificates")
@@ -72,6 +79,8 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
             "max_waiting": args.max_waiting,
             "host": args.host,
             "port": args.port,
+            "metrics_port": args.metrics_port,
+            "metrics_host": args.metrics_host,
             "insecure_dev": args.insecure_dev,
             "tls": {
                 "cert": args.tls_cert,
@@ -85,6 +94,10 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
 
 def run_serve(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
+    try:
+        tracing = tracing_from_env("warden-worker")
+    except TracingConfigError as exc:
+        raise ConfigError(f"tracing (OTEL_* environment): {exc}") from None
     configure_logging(settings.log_level)
     if settings.tls.complete():
         context = server_context(settings.tls.files(), require_client_cert=True)
@@ -101,17 +114,23 @@ def run_serve(args: argparse.Namespace) -> int:
             "port": settings.port,
             "mtls": context is not None,
             "model": settings.model,
+            "metrics_port": settings.metrics_port,
+            "tracing": tracing is not None,
         },
     )
-    serve(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        ssl_context=context,
-        graceful_shutdown_s=settings.graceful_shutdown_s,
-        log_level=settings.log_level,
-        allowed_clients=settings.tls.allowed_clients if context is not None else (),
-    )
+    try:
+        serve(
+            create_app(settings, tracing=tracing),
+            host=settings.host,
+            port=settings.port,
+            ssl_context=context,
+            graceful_shutdown_s=settings.graceful_shutdown_s,
+            log_level=settings.log_level,
+            allowed_clients=settings.tls.allowed_clients if context is not None else (),
+        )
+    finally:
+        if tracing is not None:
+            tracing.shutdown()  # flushes the spans still batched
     return 0
 
 

@@ -50,6 +50,10 @@ class WorkerSettings(StrictModel):
     # Plain HTTP for local experiments only; the server logs a loud warning when it is on.
     insecure_dev: bool = False
     graceful_shutdown_s: float = Field(default=30.0, ge=0, le=600)
+    # Prometheus metrics over plain HTTP on their own port (for in-cluster scraping); the mTLS port
+    # then no longer serves /metrics. Unset: /metrics is served on the main port.
+    metrics_port: int | None = Field(default=None, ge=0, le=65535)
+    metrics_host: str = "127.0.0.1"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @property
@@ -66,6 +70,12 @@ class WorkerSettings(StrictModel):
                 "the worker serves mTLS only: set tls.cert, tls.key and tls.ca "
                 "(or pass --insecure-dev for a local experiment)"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _metrics_port_is_its_own(self) -> WorkerSettings:
+        if self.metrics_port is not None and self.metrics_port != 0 and self.metrics_port == self.port:
+            raise ValueError(f"metrics_port must differ from port (both are {self.port})")
         return self
 
 

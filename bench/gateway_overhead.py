@@ -12,6 +12,10 @@ non-streaming chat completions:
            (Redis: one atomic reserve before and one settle after each request);
   gw+cache the same gateway for a role with the response cache on and deterministic requests:
            after the first, every request is a hit served from Redis;
+  gw-no-tel the gateway with its per-request metrics off and no tracing (the telemetry baseline);
+  gw+traces the gateway with OTEL_* set: every trace recorded and exported over OTLP/HTTP to a
+           local receiver (bench._otlp_sink), as a collector would take them;
+  gw+traces10 the same with 10% of traces sampled (parentbased_traceidratio 0.1);
   target   any OpenAI-compatible gateway (``--target``), routed by its own configuration.
 Every cell runs ``repeats`` times, alternating the targets' order, and keeps the run with the
 most requests per second. CPU ms per request is the target process's user + system time over
@@ -29,7 +33,7 @@ import ssl
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -54,6 +58,7 @@ ISSUER = "https://issuer.bench.invalid"
 AUDIENCE = "warden-bench"
 TARGET_ADDED_P50_MS = 1.0  # at concurrency 1
 TARGET_RPS = 1000.0  # at concurrency 16
+TARGET_TELEMETRY_LOSS = 0.10  # throughput lost to metrics and traces, at concurrency 16
 TARGET_CACHE_HIT_P50_MS = 1.5  # at concurrency 1, gateway with the cache on, every request a hit
 ROW_FIELDS = (
     "target", "concurrency", "rps", "p50_ms", "p99_ms", "added_p50_ms", "added_p99_ms",
@@ -213,6 +218,25 @@ def cache_checks(rows: list[Row]) -> list[tuple[str, bool]]:
     return lines
 
 
+def telemetry_checks(rows: list[Row]) -> list[tuple[str, bool]]:
+    """Throughput lost to telemetry at c=16, against the same gateway with every request metric off."""
+    by = {(r.target, r.concurrency): r for r in rows}
+    base = by.get(("gw-no-tel", 16))
+    if base is None or base.rps <= 0:
+        return []
+    lines = []
+    for name, what in (("gateway", "metrics"), ("gw+traces", "metrics + every trace exported"),
+                       ("gw+traces10", "metrics + 10% of traces exported")):  # fmt: skip
+        row = by.get((name, 16))
+        if row is None:
+            continue
+        loss = 1.0 - row.rps / base.rps
+        ok = row.errors == 0 and loss <= TARGET_TELEMETRY_LOSS
+        line = f"telemetry cost ({what}) at c=16: {loss:+.1%} req/s (<= {TARGET_TELEMETRY_LOSS:.0%})"
+        lines.append((line, ok))
+    return lines
+
+
 def mint_tokens(root: Path, roles: tuple[str, ...]) -> tuple[Path, dict[str, str]]:
     """A fresh ES256 key pair: the public PEM for the gateway, and one token per role."""
     key = ec.generate_private_key(ec.SECP256R1())
@@ -234,9 +258,10 @@ def mint_tokens(root: Path, roles: tuple[str, ...]) -> tuple[Path, dict[str, str
 
 
 def write_gateway_config(
-    root: Path, port: int, upstream: str, pki: PkiPaths, public_key: Path, redis_url: str
-) -> Path:
-    policies = root / "policies"
+    root: Path, port: int, upstream: str, pki: PkiPaths, public_key: Path, redis_url: str,
+    *, name: str = "gateway", extra: dict[str, object] | None = None,
+) -> Path:  # fmt: skip
+    policies = root / f"{name}-policies"
     policies.mkdir()
 
     def binding(role: str) -> dict[str, object]:
@@ -279,8 +304,9 @@ def write_gateway_config(
                 "tls": {"ca": str(pki.ca_cert), "cert": str(pki.gateway_cert), "key": str(pki.gateway_key)},
             }
         ],
+        **(extra or {}),
     }
-    config = root / "gateway.yaml"
+    config = root / f"{name}.yaml"
     config.write_text(yaml.safe_dump(settings, sort_keys=False))
     return config
 
@@ -305,9 +331,34 @@ def pid_of(service: ServiceProcess) -> int:
     return service.process.pid
 
 
+Starter = Callable[..., ServiceProcess]
+
+
+def telemetry_variants(start: Starter) -> list[tuple[str, dict[str, str] | None, dict[str, object]]]:
+    """(name, environment, settings) of the telemetry gateways; starts the OTLP receiver they export to."""
+    sink_port = free_port()
+    sink = start("bench._otlp_sink", "--port", str(sink_port), log="otlp-sink.log")
+    sink.wait_http(f"http://127.0.0.1:{sink_port}/health", timeout_s=30)
+    exporting = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+    }
+    return [
+        ("gw-no-tel", None, {"metrics": {"requests": False}}),
+        ("gw+traces", {**exporting, "OTEL_TRACES_SAMPLER_ARG": "1.0"}, {}),
+        ("gw+traces10", {**exporting, "OTEL_TRACES_SAMPLER_ARG": "0.1"}, {}),
+    ]
+
+
 @contextmanager
 def local_targets(
-    root: Path, *, with_gateway: bool, pki_dir: Path | None, mock_port: int, mock_tls_port: int
+    root: Path,
+    *,
+    with_gateway: bool,
+    pki_dir: Path | None,
+    mock_port: int,
+    mock_tls_port: int,
+    with_telemetry: bool = False,
 ) -> Iterator[list[Target]]:
     """Start the mock, the floor and (optionally) the gateway; yield them as targets; stop them all."""
     pki, _ = init_pki(pki_dir or root / "pki")
@@ -315,8 +366,9 @@ def local_targets(
     floor_port, gateway_port = free_port(), free_port()
     with ExitStack() as stack:
 
-        def start(module: str, *args: str, log: str) -> ServiceProcess:
-            service = ServiceProcess.python_module(module, *args, log_path=root / log)
+        def start(module: str, *args: str, log: str, env: dict[str, str] | None = None) -> ServiceProcess:
+            environ = {**os.environ, **env} if env else None
+            service = ServiceProcess.python_module(module, *args, log_path=root / log, env=environ)
             return stack.enter_context(service)
 
         mock = start(
@@ -353,6 +405,15 @@ def local_targets(
                     "/healthz",
                 ),
             ]
+            if with_telemetry:
+                for name, env, extra in telemetry_variants(start):
+                    port = free_port()
+                    config = write_gateway_config(
+                        root, port, upstream, pki, public_key, redis.url, name=name, extra=extra
+                    )
+                    variant = start("gateway", "serve", "--config", str(config), log=f"{name}.log", env=env)
+                    target = Target(name, f"http://127.0.0.1:{port}", auth("bench"), pid=pid_of(variant))
+                    started.append((variant, target, "/healthz"))
         for service, target, health in started:
             service.wait_http(target.url + health, timeout_s=60)
             check_serves(service, target)
@@ -381,6 +442,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cacert", type=Path, help="CA file that verifies an https --target")
     parser.add_argument("--model", default=MODEL, help="model name sent to --target (default: %(default)s)")
     parser.add_argument("--no-gateway", action="store_true", help="measure direct, floor and --target only")
+    parser.add_argument(
+        "--no-telemetry", action="store_true", help="skip the gateways with telemetry off / traces exported"
+    )
     parser.add_argument("--pki", type=Path, help="keep the mock's certificates here (for --target's config)")
     parser.add_argument("--mock-port", type=int, default=0, help="the mock's plain-HTTP port (default: free)")
     parser.add_argument("--mock-tls-port", type=int, default=0, help="the mock's mTLS port (default: free)")
@@ -397,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         tempfile.TemporaryDirectory() as tmp,
         local_targets(
             Path(tmp), with_gateway=not args.no_gateway, pki_dir=args.pki, mock_port=mock_port,
-            mock_tls_port=mock_tls_port,
+            mock_tls_port=mock_tls_port, with_telemetry=not (args.no_gateway or args.no_telemetry),
         ) as targets,
     ):  # fmt: skip
         if args.target:
@@ -414,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = build_rows(cells)
     print(table(rows))
-    results = [*checks(rows, "gateway"), *checks(rows, "target"), *cache_checks(rows)]
+    results = [
+        *checks(rows, "gateway"), *checks(rows, "target"), *cache_checks(rows), *telemetry_checks(rows),
+    ]  # fmt: skip
     for line, ok in results:
         print(f"{line}: {pass_fail(ok)}")
     failed = [r for r in rows if r.errors]

@@ -59,7 +59,7 @@ def create_app(settings: GatewaySettings, *, tracing: Tracing | None = None) -> 
         router=Router([WorkerPool(upstream) for upstream in settings.upstreams]),
         cache=cache,
         limiter=limiter,
-        finish=Finisher(cache, limiter, audit, settings.audit, RequestTelemetry(metrics, tracing)),
+        finish=Finisher(cache, limiter, audit, settings.audit, request_telemetry(settings, metrics, tracing)),
         pii=PiiAnalyzer(settings.guards.pii),
         scanner=load_scanner(settings),
         tracing=tracing,
@@ -155,6 +155,14 @@ def create_app(settings: GatewaySettings, *, tracing: Tracing | None = None) -> 
     app.state.audit = audit
     install_error_handlers(app)
     return app
+
+
+def request_telemetry(
+    settings: GatewaySettings, metrics: GatewayMetrics, tracing: Tracing | None
+) -> RequestTelemetry | None:
+    if not settings.metrics.requests and tracing is None:
+        return None
+    return RequestTelemetry(metrics if settings.metrics.requests else None, tracing)
 
 
 def start_metrics_port(settings: GatewaySettings, metrics: GatewayMetrics) -> WSGIServer | None:

@@ -89,6 +89,8 @@ class MetricsSettings(StrictModel):
 
     port: int | None = Field(default=None, ge=0, le=65535)
     host: str = "127.0.0.1"
+    # Off: no per-request metrics (the state gauges stay); for measuring what the metrics cost.
+    requests: bool = True
 
 
 class GatewaySettings(StrictModel):

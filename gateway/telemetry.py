@@ -21,35 +21,39 @@ _NS = 1e-9
 
 @dataclass(slots=True)
 class RequestTelemetry:
-    metrics: GatewayMetrics
+    metrics: GatewayMetrics | None
     tracing: Tracing | None = None
 
     def observe(self, ctx: RequestContext, status: int, code: str | None, decision: str) -> None:
         end_ns = time.time_ns()
-        metrics = self.metrics
-        model = metrics.model_label(ctx.model if ctx.upstream is not None else None)
-        metrics.requests.labels(ctx.endpoint, model, str(status), decision).inc()
-        metrics.observe_request(ctx.endpoint, time.perf_counter() - ctx.started)
-        for step in ctx.steps:
-            metrics.observe_step(step.name, (step.end_ns - step.start_ns) * _NS)
-            if step.name == "audit":
-                metrics.audit_write_duration.observe((step.end_ns - step.start_ns) * _NS)
-        if ctx.upstream_started_ns:
-            metrics.observe_step("upstream", (end_ns - ctx.upstream_started_ns) * _NS)
-        if ctx.usage is not None:
-            metrics.tokens.labels(model, "input").inc(ctx.usage.prompt_tokens)
-            metrics.tokens.labels(model, "output").inc(ctx.usage.completion_tokens)
-        if ctx.guard_action is not None:
-            for rule in ctx.guard_rules or ("classifier",):
-                metrics.guard_detections.labels(rule, ctx.guard_action).inc()
-        for entity, count in ctx.pii_counts.items():
-            in_prompt = ctx.pii_prompt_counts.get(entity, 0)
-            if in_prompt:
-                metrics.pii_entities.labels(entity, "prompt").inc(in_prompt)
-            if count > in_prompt:
-                metrics.pii_entities.labels(entity, "output").inc(count - in_prompt)
+        if self.metrics is not None:
+            _count(self.metrics, ctx, status, decision, end_ns)
         if ctx.trace.sampled:
             _emit_trace(ctx, status, code, decision, end_ns)
+
+
+def _count(metrics: GatewayMetrics, ctx: RequestContext, status: int, decision: str, end_ns: int) -> None:
+    model = metrics.model_label(ctx.model if ctx.upstream is not None else None)
+    metrics.requests.labels(ctx.endpoint, model, str(status), decision).inc()
+    metrics.observe_request(ctx.endpoint, time.perf_counter() - ctx.started)
+    for step in ctx.steps:
+        metrics.observe_step(step.name, (step.end_ns - step.start_ns) * _NS)
+        if step.name == "audit":
+            metrics.audit_write_duration.observe((step.end_ns - step.start_ns) * _NS)
+    if ctx.upstream_started_ns:
+        metrics.observe_step("upstream", (end_ns - ctx.upstream_started_ns) * _NS)
+    if ctx.usage is not None:
+        metrics.tokens.labels(model, "input").inc(ctx.usage.prompt_tokens)
+        metrics.tokens.labels(model, "output").inc(ctx.usage.completion_tokens)
+    if ctx.guard_action is not None:
+        for rule in ctx.guard_rules or ("classifier",):
+            metrics.guard_detections.labels(rule, ctx.guard_action).inc()
+    for entity, count in ctx.pii_counts.items():
+        in_prompt = ctx.pii_prompt_counts.get(entity, 0)
+        if in_prompt:
+            metrics.pii_entities.labels(entity, "prompt").inc(in_prompt)
+        if count > in_prompt:
+            metrics.pii_entities.labels(entity, "output").inc(count - in_prompt)
 
 
 def _emit_trace(ctx: RequestContext, status: int, code: str | None, decision: str, end_ns: int) -> None:

@@ -63,8 +63,10 @@ class Tracing:
     @classmethod
     def create(cls, service_name: str, processor: SpanProcessor, sampler: Sampler | None = None) -> Tracing:
         """Tracing into ``processor`` (tests pass a SimpleSpanProcessor over an InMemorySpanExporter)."""
-        # Resource.create merges OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME over our default name.
-        resource = Resource.create({"service.name": service_name})
+        # OTEL_SERVICE_NAME or service.name in OTEL_RESOURCE_ATTRIBUTES win over our default name.
+        resource = Resource.create()
+        if str(resource.attributes.get("service.name", "unknown_service")).startswith("unknown_service"):
+            resource = resource.merge(Resource({"service.name": service_name}))
         scope = InstrumentationScope(f"warden.{service_name}", _version())
         return cls(processor, sampler or ParentBased(ALWAYS_ON), resource, scope)
 

@@ -310,6 +310,7 @@ class LLMEngine:
                     num_cached_tokens=seq.num_cached_tokens,
                     num_output_tokens=seq.num_output_tokens,
                     logprobs=[token_logprobs] if token_logprobs is not None else [],
+                    first_scheduled_ns=seq.first_scheduled_ns,
                 )
             )
             if request.finished:

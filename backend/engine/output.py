@@ -29,6 +29,8 @@ class RequestOutput:
     num_cached_tokens: int
     num_output_tokens: int
     logprobs: list[TokenLogprobs] = field(default_factory=list)
+    # When the scheduler first admitted the sequence (time.time_ns); 0 if unknown.
+    first_scheduled_ns: int = 0
 
 
 @dataclass(slots=True)

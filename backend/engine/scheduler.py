@@ -9,6 +9,7 @@ are freed and it goes back to the front of the waiting queue (prefix caching oft
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -111,6 +112,8 @@ class Scheduler:
             num_new = min(seq.num_uncomputed_tokens, hint)
             out.copies.extend(self.blocks.ensure_slots(seq, num_new))
             self.waiting.popleft()
+            if not seq.first_scheduled_ns:
+                seq.first_scheduled_ns = time.time_ns()
             seq.status = SequenceStatus.RUNNING
             self.running.append(seq)
             out.scheduled.append(ScheduledSeq(seq, num_new))

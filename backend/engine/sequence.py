@@ -27,6 +27,7 @@ class Sequence:
         "block_table",
         "cache_salt",
         "finish_reason",
+        "first_scheduled_ns",
         "index",
         "num_cached_tokens",
         "num_computed_tokens",
@@ -62,6 +63,8 @@ class Sequence:
         # Prompt tokens served from the prefix cache at first admission (reported as cached_tokens).
         self.num_cached_tokens = 0
         self.finish_reason: FinishReason | None = None
+        # Wall clock (time.time_ns) when the scheduler first admitted it; 0 until then. Preemption keeps it.
+        self.first_scheduled_ns = 0
 
     @property
     def num_tokens(self) -> int:
@@ -100,6 +103,7 @@ class Sequence:
         child.token_ids = list(self.token_ids)
         child.num_computed_tokens = self.num_computed_tokens
         child.num_cached_tokens = self.num_cached_tokens
+        child.first_scheduled_ns = self.first_scheduled_ns
         child.status = self.status
         return child
 
