@@ -98,7 +98,7 @@ def create_app(
             if tracing is not None:
                 # uvicorn re-raises SIGTERM once it has stopped, which ends the process before the
                 # caller's own cleanup runs: export the batched spans now.
-                await asyncio.to_thread(tracing.processor.force_flush, TRACE_FLUSH_TIMEOUT_MS)
+                await asyncio.to_thread(tracing.flush, TRACE_FLUSH_TIMEOUT_MS)
 
     def running() -> AsyncEngine:
         if state.engine is None:

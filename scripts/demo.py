@@ -11,6 +11,7 @@ import json
 import signal
 import sys
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
@@ -19,6 +20,7 @@ from gateway.pki import init_pki
 from gateway.tls import TlsFiles, client_context
 from scripts.demo_audit import prepare_audit, run_audit_demo
 from scripts.demo_gateway import prepare_identity, run_gateway_demo
+from scripts.demo_observability import run_observability_demo, span_collector
 from scripts.demo_worker import run_worker_demo
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
@@ -48,6 +50,9 @@ def main() -> int:
     audit = prepare_audit(RUN_DIR)
 
     worker_port, gateway_port = free_port(), free_port()
+    worker_metrics_port, gateway_metrics_port = free_port(), free_port()
+    services = ExitStack()
+    traced = services.enter_context(span_collector())
     worker_url = f"https://localhost:{worker_port}"
     gateway_url = f"http://127.0.0.1:{gateway_port}"
     logs = RUN_DIR / "logs"
@@ -56,7 +61,8 @@ def main() -> int:
         "--served-model-name", "smollm2",
         "--tls-cert", str(paths.worker_cert), "--tls-key", str(paths.worker_key),
         "--tls-ca", str(paths.ca_cert), "--allow-client", "warden-gateway",
-        log_path=logs / "worker.log",
+        "--metrics-port", str(worker_metrics_port),
+        log_path=logs / "worker.log", env=traced,
     )  # fmt: skip
     redis = RedisServer(RUN_DIR / "redis")
     config = {
@@ -65,6 +71,7 @@ def main() -> int:
         "audit": audit,
         "auth": {"issuers": [identity.issuer_settings()]},
         "policy_dir": str(identity.policy_dir),
+        "metrics": {"port": gateway_metrics_port},
         "upstreams": [
             {
                 "name": "local",
@@ -80,11 +87,16 @@ def main() -> int:
     }
     (RUN_DIR / "gateway.yaml").write_text(json.dumps(config, indent=2))
     gateway = ServiceProcess.python_module(
-        "gateway", "serve", "--config", str(RUN_DIR / "gateway.yaml"), log_path=logs / "gateway.log"
+        "gateway",
+        "serve",
+        "--config",
+        str(RUN_DIR / "gateway.yaml"),
+        log_path=logs / "gateway.log",
+        env=traced,
     )
 
     redis.start()
-    with worker, gateway:
+    with services, worker, gateway:
         heading("Services")
         started = time.monotonic()
         worker.wait_http(f"{worker_url}/health", verify=client_context(mtls))
@@ -113,6 +125,12 @@ def main() -> int:
 
         gateway_ok = run_gateway_demo(gateway_url, identity)
         run_worker_demo(worker_url, client_context(mtls))
+        observability_ok = run_observability_demo(
+            gateway_url,
+            f"http://127.0.0.1:{gateway_metrics_port}/metrics",
+            f"http://127.0.0.1:{worker_metrics_port}/metrics",
+            identity,
+        )
 
         if args.keep:
             print("\nRunning; press Ctrl-C to stop (logs in run/demo/logs).")
@@ -121,7 +139,8 @@ def main() -> int:
     redis.stop()
     audit_ok = run_audit_demo(RUN_DIR)
     row("logs", str(logs))
-    return 1 if failed or not gateway_ok or not audit_ok or ready.status_code != 200 else 0
+    healthy = gateway_ok and audit_ok and observability_ok and ready.status_code == 200
+    return 1 if failed or not healthy else 0
 
 
 if __name__ == "__main__":

@@ -9,12 +9,20 @@ from typing import ClassVar
 
 import pytest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased
 from opentelemetry.trace import SpanKind
 
-from gateway.tracing import RequestTrace, Tracing, TracingConfigError, parse_traceparent, tracing_from_env
+from gateway.span_export import ExporterProcess
+from gateway.tracing import (
+    RequestTrace,
+    SpanRecord,
+    Tracing,
+    TracingConfigError,
+    parse_traceparent,
+    tracing_from_env,
+)
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN = "00f067aa0ba902b7"
@@ -33,14 +41,24 @@ def test_nothing_is_traced_unless_the_otel_variables_ask_for_it(environ: dict[st
     assert tracing_from_env("warden-gateway", environ) is None
 
 
-def test_an_otlp_endpoint_turns_batched_export_on() -> None:
+def test_an_otlp_endpoint_starts_the_exporter_process() -> None:
     tracing = tracing_from_env("warden-gateway", {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://127.0.0.1:9"})
-    assert tracing is not None
-    try:
-        assert isinstance(tracing.processor, BatchSpanProcessor)
-        assert tracing.resource.attributes["service.name"] == "warden-gateway"
-    finally:
-        tracing.shutdown()
+    assert tracing is not None and isinstance(tracing.sink, ExporterProcess)
+    process = tracing.sink._process
+    assert process.poll() is None  # running, waiting for spans
+    tracing.shutdown()
+    assert process.wait(10) == 0  # closing our end lets it flush and leave
+
+
+def test_a_dead_exporter_process_drops_traces_without_failing_requests() -> None:
+    sink = ExporterProcess("warden-gateway", "console")
+    sink._process.kill()
+    sink._process.wait(10)
+    record: SpanRecord = ("root", 1, 0, False, 1, 2, SpanKind.SERVER.value, False, {})
+    for _ in range(3):
+        sink.emit(5, [record])  # must not raise
+    assert sink.dropped >= 1
+    sink.shutdown()
 
 
 @pytest.mark.parametrize(
@@ -153,7 +171,7 @@ def receiver() -> Iterator[str]:
 
 
 def test_spans_reach_an_otlp_http_receiver(receiver: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    # The SDK's exporter reads its endpoint from the process environment, as in production.
+    # Through the exporter process, which reads its endpoint from the environment, as in production.
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", receiver)
     monkeypatch.setenv("OTEL_SERVICE_NAME", "gateway-under-test")
     tracing = tracing_from_env("warden-gateway")
@@ -161,7 +179,9 @@ def test_spans_reach_an_otlp_http_receiver(receiver: str, monkeypatch: pytest.Mo
     trace = tracing.begin("POST /v1/chat/completions", f"00-{TRACE}-{SPAN}-01")
     trace.record("authorize", trace.start_ns, trace.start_ns + 500, {"warden.decision": "allow"})
     trace.end({"http.response.status_code": 200})
-    tracing.shutdown()  # flushes the batch
+    tracing.shutdown()  # the exporter process flushes its batch and exits
+    assert isinstance(tracing.sink, ExporterProcess)
+    tracing.sink._process.wait(10)
     spans = [
         span
         for export in _Receiver.received
