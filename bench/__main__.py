@@ -16,6 +16,7 @@ BENCHMARKS = {
     "engine_throughput": "bench.engine_throughput",
     "worker_serving": "bench.worker_serving",
     "gateway_overhead": "bench.gateway_overhead",
+    "telemetry_cost": "bench.telemetry_cost",
     "audit_throughput": "bench.audit_throughput",
     "guards_eval": "bench.guards_eval",
 }

@@ -490,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-telemetry", action="store_true", help="skip the gateways with telemetry off / traces exported"
     )
+    parser.add_argument("--telemetry-only", action="store_true", help="only the paired telemetry rounds")
     parser.add_argument("--pki", type=Path, help="keep the mock's certificates here (for --target's config)")
     parser.add_argument("--mock-port", type=int, default=0, help="the mock's plain-HTTP port (default: free)")
     parser.add_argument("--mock-tls-port", type=int, default=0, help="the mock's mTLS port (default: free)")
@@ -519,7 +520,7 @@ def main(argv: list[str] | None = None) -> int:
             + (f"; target = {args.target}" if args.target else "")
             + "\n"
         )
-        cells = uvloop.run(measure(targets, CONCURRENCY, mode))
+        cells = {} if args.telemetry_only else uvloop.run(measure(targets, CONCURRENCY, mode))
         costs = uvloop.run(measure_telemetry(targets, mode.telemetry_rounds, mode))
 
     rows = build_rows(cells)

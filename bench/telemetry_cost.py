@@ -1,6 +1,6 @@
 """What telemetry costs the gateway per request, in its own process: CPU µs, side by side.
 
-python -m bench.telemetry_cost [--requests N]
+python -m bench.telemetry_cost [--quick] [--requests N] [--json PATH]
 
 The finish step's telemetry for a request that ran every pipeline step, measured in process:
   none      the request context's own bookkeeping (step timestamps) and an unsampled trace;
@@ -15,6 +15,7 @@ bench/gateway_overhead.py; this isolates the work on the gateway's own core.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -62,8 +63,10 @@ def per_request_us(observe: Callable[[RequestContext], None], tracing: Tracing |
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.telemetry_cost", description=__doc__)
     parser.add_argument("--requests", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true", help="5,000 requests per variant")
+    parser.add_argument("--json", type=Path, help="write the best µs per request of each variant here")
     args = parser.parse_args(argv)
-    n = args.requests
+    n = 5_000 if args.quick else args.requests
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
         with ServiceProcess.python_module(
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"telemetry at the finish step, {n} requests per variant, best of 3 (CPU µs per request)\n")
     print(format_table(["variant", "µs/request", "added µs"], rows))
     sent, dropped = exporter.sent, exporter.dropped
+    if args.json:
+        args.json.write_text(json.dumps({"requests": n, "us_per_request": best}, indent=2) + "\n")
     spans = received["spans"]
     print(f"\ntraces handed off: {sent}, dropped (exporter behind): {dropped}; spans received: {spans}")
     return 0 if received["spans"] > 0 else 1

@@ -9,21 +9,15 @@ distinct names are kept (glob pools could otherwise turn client input into new s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Histogram,
-    ProcessCollector,
-    disable_created_metrics,
-    generate_latest,
-)
+from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
+from gateway.loop_metrics import LoopCounter, LoopHistogram, LoopMetricsCollector
 from gateway.upstream.breaker import CircuitState
 
 if TYPE_CHECKING:
@@ -42,43 +36,48 @@ _CIRCUIT_VALUE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitStat
 
 
 class GatewayMetrics:
-    """Event metrics updated by ``gateway.telemetry``; ``watch(services)`` adds the state gauges."""
+    """Event metrics updated by ``gateway.telemetry`` on the event loop; ``watch(services)`` adds
+    the state read at scrape time."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
-        r = self.registry
-        self.requests = Counter(
+        self.requests = LoopCounter(
             "warden_gateway_requests", "Requests by route, served model, status and policy decision.",
-            ["route", "model", "status", "decision"], registry=r,
+            ["route", "model", "status", "decision"],
         )  # fmt: skip
-        self.request_duration = Histogram(
+        self.request_duration = LoopHistogram(
             "warden_gateway_request_duration_seconds", "From the first byte read to the finish step.",
-            ["route"], buckets=STEP_BUCKETS, registry=r,
+            ["route"], STEP_BUCKETS,
         )  # fmt: skip
-        self.step_duration = Histogram(
-            "warden_gateway_step_duration_seconds", "Time spent in each pipeline step.",
-            ["step"], buckets=STEP_BUCKETS, registry=r,
-        )  # fmt: skip
-        self.tokens = Counter(
+        self.step_duration = LoopHistogram(
+            "warden_gateway_step_duration_seconds",
+            "Time spent in each pipeline step.",
+            ["step"],
+            STEP_BUCKETS,
+        )
+        self.tokens = LoopCounter(
             "warden_gateway_tokens", "Tokens reported by the workers, by model and type (input, output).",
-            ["model", "type"], registry=r,
+            ["model", "type"],
         )  # fmt: skip
-        self.guard_detections = Counter(
+        self.guard_detections = LoopCounter(
             "warden_gateway_guard_detections", "Prompts over the injection threshold, by rule and action.",
-            ["rule", "action"], registry=r,
+            ["rule", "action"],
         )  # fmt: skip
-        self.pii_entities = Counter(
+        self.pii_entities = LoopCounter(
             "warden_gateway_pii_entities", "Personal data redacted, by entity type and direction.",
-            ["entity_type", "direction"], registry=r,
+            ["entity_type", "direction"],
         )  # fmt: skip
-        self.audit_write_duration = Histogram(
+        self.audit_write_duration = LoopHistogram(
             "warden_gateway_audit_write_duration_seconds", "Writing a request's audit record (durable).",
-            buckets=STEP_BUCKETS, registry=r,
+            [], STEP_BUCKETS,
         )  # fmt: skip
+        events: list[LoopCounter | LoopHistogram] = [
+            self.requests, self.request_duration, self.step_duration, self.tokens, self.guard_detections,
+            self.pii_entities, self.audit_write_duration,
+        ]  # fmt: skip
+        self.registry.register(LoopMetricsCollector(events))
         self._models: set[str] = set()
-        self._steps: dict[str, Callable[[float], None]] = {}
-        self._routes: dict[str, Callable[[float], None]] = {}
 
     def watch(self, services: Services) -> None:
         """Read the policy, upstream, Redis, cache, budget and audit state at each scrape."""
@@ -96,18 +95,6 @@ class GatewayMetrics:
             return "other"
         self._models.add(model)
         return model
-
-    def observe_step(self, step: str, seconds: float) -> None:
-        observe = self._steps.get(step)
-        if observe is None:  # bound methods of the labelled children, found once per step name
-            observe = self._steps[step] = self.step_duration.labels(step).observe
-        observe(seconds)
-
-    def observe_request(self, route: str, seconds: float) -> None:
-        observe = self._routes.get(route)
-        if observe is None:
-            observe = self._routes[route] = self.request_duration.labels(route).observe
-        observe(seconds)
 
 
 class _StateCollector(Collector):

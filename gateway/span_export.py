@@ -104,6 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from gateway.logs import configure_logging
 
     configure_logging("warning")
+    # Serving comes first: on a busy machine the exporter yields the CPU (and drops what it cannot
+    # export in time, as its batch queue fills) rather than slowing requests down.
+    os.nice(10)
     # Ctrl-C reaches the whole process group: the service decides when this process ends (EOF).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop)

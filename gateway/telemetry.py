@@ -34,26 +34,28 @@ class RequestTelemetry:
 
 def _count(metrics: GatewayMetrics, ctx: RequestContext, status: int, decision: str, end_ns: int) -> None:
     model = metrics.model_label(ctx.model if ctx.upstream is not None else None)
-    metrics.requests.labels(ctx.endpoint, model, str(status), decision).inc()
-    metrics.observe_request(ctx.endpoint, time.perf_counter() - ctx.started)
+    metrics.requests.inc((ctx.endpoint, model, str(status), decision))
+    metrics.request_duration.observe((ctx.endpoint,), time.perf_counter() - ctx.started)
+    steps = metrics.step_duration
     for step in ctx.steps:
-        metrics.observe_step(step.name, (step.end_ns - step.start_ns) * _NS)
+        seconds = (step.end_ns - step.start_ns) * _NS
+        steps.observe((step.name,), seconds)
         if step.name == "audit":
-            metrics.audit_write_duration.observe((step.end_ns - step.start_ns) * _NS)
+            metrics.audit_write_duration.observe((), seconds)
     if ctx.upstream_started_ns:
-        metrics.observe_step("upstream", (end_ns - ctx.upstream_started_ns) * _NS)
+        steps.observe(("upstream",), (end_ns - ctx.upstream_started_ns) * _NS)
     if ctx.usage is not None:
-        metrics.tokens.labels(model, "input").inc(ctx.usage.prompt_tokens)
-        metrics.tokens.labels(model, "output").inc(ctx.usage.completion_tokens)
+        metrics.tokens.inc((model, "input"), ctx.usage.prompt_tokens)
+        metrics.tokens.inc((model, "output"), ctx.usage.completion_tokens)
     if ctx.guard_action is not None:
         for rule in ctx.guard_rules or ("classifier",):
-            metrics.guard_detections.labels(rule, ctx.guard_action).inc()
+            metrics.guard_detections.inc((rule, ctx.guard_action))
     for entity, count in ctx.pii_counts.items():
         in_prompt = ctx.pii_prompt_counts.get(entity, 0)
         if in_prompt:
-            metrics.pii_entities.labels(entity, "prompt").inc(in_prompt)
+            metrics.pii_entities.inc((entity, "prompt"), in_prompt)
         if count > in_prompt:
-            metrics.pii_entities.labels(entity, "output").inc(count - in_prompt)
+            metrics.pii_entities.inc((entity, "output"), count - in_prompt)
 
 
 def _emit_trace(ctx: RequestContext, status: int, code: str | None, decision: str, end_ns: int) -> None:

@@ -293,8 +293,8 @@ class RequestTrace:
         if not self.sampled:
             return
         self._spans.append(
-            (name, span_id or _IDS.generate_span_id(), self.span_id, False, start_ns, end_ns, kind.value,
-             error, dict(attributes) if attributes else {})
+            (name, span_id or _IDS.generate_span_id(), self.span_id, False, start_ns, end_ns, _KIND[kind],
+             error, _plain(attributes))
         )  # fmt: skip
 
     def end(
@@ -306,10 +306,19 @@ class RequestTrace:
         parent = self.parent
         self._spans.append(
             (self.name, self.span_id, parent.span_id if parent else 0, parent is not None, self.start_ns,
-             end_ns or time.time_ns(), self.kind.value, error, dict(attributes) if attributes else {})
+             end_ns or time.time_ns(), _KIND[self.kind], error, _plain(attributes))
         )  # fmt: skip
         spans, self._spans = self._spans, []
         self.tracing.sink.emit(self.trace_id, spans)
+
+
+_KIND = {kind: kind.value for kind in SpanKind}  # Enum.value is a property call; this is a dict hit
+
+
+def _plain(attributes: Attributes | None) -> dict[str, AttributeValue]:
+    if isinstance(attributes, dict):
+        return attributes  # built for this span by the caller
+    return dict(attributes) if attributes else {}
 
 
 def _version() -> str:
