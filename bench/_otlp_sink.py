@@ -1,6 +1,6 @@
 """A minimal OTLP/HTTP trace receiver for the benchmarks: accepts ``POST /v1/traces`` and counts spans.
 
-python -m bench._otlp_sink --port PORT   (``GET /stats`` answers {"requests": n, "spans": n})
+python -m bench._otlp_sink --port PORT   (``GET /stats``: {"requests": n, "spans": n, "traces": n})
 
 It stands in for an OpenTelemetry collector so that the gateway's exporter does its real work
 (batching, protobuf encoding, HTTP) while the benchmark measures what that costs the gateway.
@@ -22,14 +22,16 @@ from starlette.routing import Route
 
 
 def build_app() -> Starlette:
-    counts = {"requests": 0, "spans": 0}
+    counts = {"requests": 0, "spans": 0, "traces": 0}
     reply = ExportTraceServiceResponse().SerializeToString()
 
     async def traces(request: Request) -> Response:
         export = ExportTraceServiceRequest()
         export.ParseFromString(await request.body())
         counts["requests"] += 1
-        counts["spans"] += sum(len(s.spans) for r in export.resource_spans for s in r.scope_spans)
+        spans = [span for r in export.resource_spans for s in r.scope_spans for span in s.spans]
+        counts["spans"] += len(spans)
+        counts["traces"] += sum(1 for span in spans if not span.parent_span_id)  # root spans
         return Response(reply, media_type="application/x-protobuf")
 
     async def stats(_request: Request) -> JSONResponse:

@@ -45,6 +45,7 @@ import uvloop
 import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench._common import format_table, pass_fail
 from bench._loadgen import LoadResult, build_request, run_load
@@ -88,6 +89,7 @@ class Target:
     ssl_context: ssl.SSLContext | None = None
     model: str = MODEL
     extra_body: dict[str, object] = field(default_factory=dict)
+    sink_url: str | None = None  # the OTLP receiver this target's traces go to
 
     @property
     def body(self) -> bytes:
@@ -379,20 +381,52 @@ def pid_of(service: ServiceProcess) -> int:
 Starter = Callable[..., ServiceProcess]
 
 
-def telemetry_variants(start: Starter) -> list[tuple[str, dict[str, str] | None, dict[str, object]]]:
-    """(name, environment, settings) of the telemetry gateways; starts the OTLP receiver they export to."""
-    sink_port = free_port()
-    sink = start("bench._otlp_sink", "--port", str(sink_port), log="otlp-sink.log")
-    sink.wait_http(f"http://127.0.0.1:{sink_port}/health", timeout_s=30)
-    exporting = {
-        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{sink_port}",
-        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-    }
-    return [
-        ("gw-no-tel", None, {"metrics": {"requests": False}}),
-        ("gw+traces", {**exporting, "OTEL_TRACES_SAMPLER_ARG": "1.0"}, {}),
-        ("gw+traces10", {**exporting, "OTEL_TRACES_SAMPLER_ARG": "0.1"}, {}),
-    ]
+Variant = tuple[str, dict[str, str] | None, dict[str, object], str | None]
+
+
+def telemetry_variants(start: Starter) -> list[Variant]:
+    """(name, environment, settings, receiver URL) of the telemetry gateways; each traced one gets an
+    OTLP receiver of its own, so that what reached it can be counted."""
+
+    def receiver(name: str) -> str:
+        port = free_port()
+        sink = start("bench._otlp_sink", "--port", str(port), log=f"otlp-sink-{name}.log")
+        sink.wait_http(f"http://127.0.0.1:{port}/health", timeout_s=30)
+        return f"http://127.0.0.1:{port}"
+
+    variants: list[Variant] = [("gw-no-tel", None, {"metrics": {"requests": False}}, None)]
+    for name, ratio in (("gw+traces", "1.0"), ("gw+traces10", "0.1")):
+        url = receiver(name)
+        env = {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": url,
+            "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+            "OTEL_TRACES_SAMPLER_ARG": ratio,
+            "OTEL_BSP_SCHEDULE_DELAY": "500",
+        }
+        variants.append((name, env, {}, url))
+    return variants
+
+
+def traces_delivered(targets: list[Target]) -> list[str]:
+    """For each traced gateway: traces its receiver got against the requests the gateway answered."""
+    lines = []
+    for target in targets:
+        if target.sink_url is None:
+            continue
+        scraped = httpx.get(f"{target.url}/metrics", timeout=10).text
+        answered = sum(
+            sample.value
+            for family in text_string_to_metric_families(scraped)
+            for sample in family.samples
+            if sample.name == "warden_gateway_requests_total"
+        )
+        received = httpx.get(f"{target.sink_url}/stats", timeout=10).json()
+        share = received["traces"] / answered if answered else 0.0
+        lines.append(
+            f"{target.name}: {received['traces']} traces ({received['spans']} spans) reached the receiver "
+            f"for {answered:.0f} requests answered ({share:.1%})"
+        )
+    return lines
 
 
 @contextmanager
@@ -451,13 +485,19 @@ def local_targets(
                 ),
             ]
             if with_telemetry:
-                for name, env, extra in telemetry_variants(start):
+                for name, env, extra, sink_url in telemetry_variants(start):
                     port = free_port()
                     config = write_gateway_config(
                         root, port, upstream, pki, public_key, redis.url, name=name, extra=extra
                     )
                     variant = start("gateway", "serve", "--config", str(config), log=f"{name}.log", env=env)
-                    target = Target(name, f"http://127.0.0.1:{port}", auth("bench"), pid=pid_of(variant))
+                    target = Target(
+                        name,
+                        f"http://127.0.0.1:{port}",
+                        auth("bench"),
+                        pid=pid_of(variant),
+                        sink_url=sink_url,
+                    )
                     started.append((variant, target, "/healthz"))
         for service, target, health in started:
             service.wait_http(target.url + health, timeout_s=60)
@@ -522,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         cells = {} if args.telemetry_only else uvloop.run(measure(targets, CONCURRENCY, mode))
         costs = uvloop.run(measure_telemetry(targets, mode.telemetry_rounds, mode))
+        time.sleep(1.0)  # the exporters' batches go out every 0.5 s (OTEL_BSP_SCHEDULE_DELAY)
+        delivered = traces_delivered(targets)
 
     rows = build_rows(cells)
     print(table(rows))
@@ -530,6 +572,8 @@ def main(argv: list[str] | None = None) -> int:
             "\ntelemetry, paired rounds at c=16 (loss = 1 - req/s / req/s of gw-no-tel in the same round)\n"
         )
         print(telemetry_table(costs))
+        for line in delivered:
+            print(line)
     results = [
         *checks(rows, "gateway"), *checks(rows, "target"), *cache_checks(rows), *telemetry_checks(costs),
     ]  # fmt: skip
