@@ -119,10 +119,24 @@ class Row:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds of every thread of ``pid`` so far (Linux /proc)."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds so far of every thread of ``pid`` and of its running children (a
+    traced gateway's span exporter process is part of its cost), from Linux /proc."""
+    total = 0.0
+    for one in (pid, *child_pids(pid)):
+        try:
+            stat = Path(f"/proc/{one}/stat").read_text()
+        except FileNotFoundError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # the command name may hold spaces
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def child_pids(pid: int) -> list[int]:
+    children = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        children += [int(child) for child in task.read_text().split()]
+    return children
 
 
 def chat_url(base: str) -> str:
@@ -235,10 +249,16 @@ class TelemetryCost:
     what: str
     median_rps: float
     losses: list[float]  # per round: 1 - rps / rps of gw-no-tel in the same round
+    extra_cpu_us: list[float]  # per round: CPU µs per request (gateway + exporter) over gw-no-tel's
+    base_cpu_us: float  # gw-no-tel's median CPU µs per request
 
     @property
     def median_loss(self) -> float:
         return statistics.median(self.losses)
+
+    @property
+    def median_extra_cpu_us(self) -> float:
+        return statistics.median(self.extra_cpu_us)
 
 
 async def measure_telemetry(targets: list[Target], rounds: int, mode: Mode) -> list[TelemetryCost]:
@@ -249,26 +269,34 @@ async def measure_telemetry(targets: list[Target], rounds: int, mode: Mode) -> l
     if "gw-no-tel" not in by_name or len(names) < 2:
         return []
     rps: dict[str, list[float]] = {name: [] for name in names}
+    cpu: dict[str, list[float]] = {name: [] for name in names}  # the process tree's µs per request
     for round_ in range(rounds):
         order = names[round_ % len(names) :] + names[: round_ % len(names)]
         for name in order:
             cell = await measure_cell(by_name[name], 16, mode)
             rps[name].append(cell.result.rps if cell.result.errors == 0 else math.nan)
+            requests = cell.result.requests
+            cpu[name].append(cell.cpu_s / requests * 1e6 if cell.cpu_s is not None and requests else math.nan)
     costs = []
     for name, what in TELEMETRY_VARIANTS:
         if name in rps:
             losses = [1.0 - v / b for v, b in zip(rps[name], rps["gw-no-tel"], strict=True) if b > 0]
-            costs.append(TelemetryCost(name, what, statistics.median(rps[name]), losses))
+            extra = [v - b for v, b in zip(cpu[name], cpu["gw-no-tel"], strict=True)]
+            base = statistics.median(cpu["gw-no-tel"])
+            costs.append(TelemetryCost(name, what, statistics.median(rps[name]), losses, extra, base))
     return costs
 
 
 def telemetry_table(costs: list[TelemetryCost]) -> str:
-    header = ["variant", "median req/s", "median loss", "min loss", "max loss", "rounds"]
-    body = [
-        [c.target, f"{c.median_rps:.0f}", f"{c.median_loss:+.1%}", f"{min(c.losses):+.1%}",
-         f"{max(c.losses):+.1%}", str(len(c.losses))]
-        for c in costs
-    ]  # fmt: skip
+    header = ["variant", "median req/s", "median loss", "min loss", "max loss", "+CPU µs/req", "+CPU"]
+    header.append("rounds")
+    body = []
+    for c in costs:
+        extra = c.median_extra_cpu_us
+        body.append([
+            c.target, f"{c.median_rps:.0f}", f"{c.median_loss:+.1%}", f"{min(c.losses):+.1%}",
+            f"{max(c.losses):+.1%}", f"{extra:+.0f}", f"{extra / c.base_cpu_us:+.1%}", str(len(c.losses)),
+        ])  # fmt: skip
     return format_table(header, body)
 
 
