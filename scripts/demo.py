@@ -124,11 +124,12 @@ def main() -> int:
             failed = False
 
         gateway_ok = run_gateway_demo(gateway_url, identity)
-        run_worker_demo(worker_url, client_context(mtls))
+        worker_metrics = f"http://127.0.0.1:{worker_metrics_port}/metrics"
+        run_worker_demo(worker_url, client_context(mtls), worker_metrics)
         observability_ok = run_observability_demo(
             gateway_url,
             f"http://127.0.0.1:{gateway_metrics_port}/metrics",
-            f"http://127.0.0.1:{worker_metrics_port}/metrics",
+            worker_metrics,
             identity,
         )
 

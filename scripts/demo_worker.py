@@ -10,6 +10,7 @@ import time
 import httpx
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
+from prometheus_client.parser import text_string_to_metric_families
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -32,13 +33,18 @@ def chat(question: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
-def worker_metrics(url: str, context: ssl.SSLContext) -> dict[str, float]:
-    text = httpx.get(f"{url}/metrics", verify=context, timeout=5).text
-    pairs = (line.split() for line in text.splitlines() if line and not line.startswith("#"))
-    return {name: float(value) for name, value in pairs}
+def worker_metrics(metrics_url: str) -> dict[str, float]:
+    """Unlabelled samples of the worker's metrics port (plain HTTP, kept off the mTLS port)."""
+    text = httpx.get(metrics_url, timeout=5).text
+    return {
+        sample.name: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if not sample.labels
+    }
 
 
-def run_worker_demo(worker_url: str, context: ssl.SSLContext) -> None:
+def run_worker_demo(worker_url: str, context: ssl.SSLContext, metrics_url: str) -> None:
     print("\n== The worker answers over mTLS (openai SDK with the gateway's client certificate)")
     client = OpenAI(
         base_url=f"{worker_url}/v1", api_key="unused", http_client=DefaultHttpxClient(verify=context)
@@ -57,7 +63,7 @@ def run_worker_demo(worker_url: str, context: ssl.SSLContext) -> None:
     print()
     row("time to first token", f"{((first or started) - started) * 1000:.0f} ms (streamed as SSE)")
 
-    before = worker_metrics(worker_url, context)
+    before = worker_metrics(metrics_url)
 
     async def batch() -> list[tuple[str, int]]:
         http = DefaultAsyncHttpxClient(verify=context)
@@ -81,7 +87,7 @@ def run_worker_demo(worker_url: str, context: ssl.SSLContext) -> None:
     for question, (answer, _) in zip(QUESTIONS[1:4], answers, strict=False):
         print(f"  Q: {question}\n  A: {answer}")
     generated = sum(tokens for _, tokens in answers)
-    after = worker_metrics(worker_url, context)
+    after = worker_metrics(metrics_url)
     hits = (
         after["warden_worker_prefix_cache_hits_tokens_total"]
         - before["warden_worker_prefix_cache_hits_tokens_total"]
