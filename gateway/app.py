@@ -26,12 +26,13 @@ from gateway.guards.injection import InjectionScanner
 from gateway.guards.pii import PiiAnalyzer
 from gateway.limits import Limiter
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import openapi_document
 from gateway.pipeline import Services, completion_route, models_route
 from gateway.policy.store import PolicyError, PolicyStore
 from gateway.redis_state import RedisState
 from gateway.settings import GatewaySettings
 from gateway.telemetry import RequestTelemetry
-from gateway.tracing import Tracing
+from gateway.tracing import Tracing, package_version
 from gateway.upstream.pool import WorkerPool
 from gateway.upstream.router import Router
 
@@ -136,6 +137,11 @@ def create_app(settings: GatewaySettings, *, tracing: Tracing | None = None) -> 
         }
         return JSONResponse(body, status_code=200 if ready else 503)
 
+    document = openapi_document(package_version())
+
+    async def openapi(_request: Request) -> JSONResponse:
+        return JSONResponse(document)
+
     async def scrape(_request: Request) -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
@@ -143,6 +149,7 @@ def create_app(settings: GatewaySettings, *, tracing: Tracing | None = None) -> 
         routes=[
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route("/openapi.json", openapi),
             *([] if settings.metrics.port is not None else [Route("/metrics", scrape)]),
             Route("/v1/models", models_route(services), methods=["GET"]),
             Route("/v1/chat/completions", completion_route(services, "chat.completions"), methods=["POST"]),

@@ -26,7 +26,7 @@ from types import FrameType
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
-from gateway.tracing import SpanRecord, _version, readable_spans, service_resource, span_exporter
+from gateway.tracing import SpanRecord, package_version, readable_spans, service_resource, span_exporter
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def run_exporter(connection: socket.socket, service_name: str, exporter_name: st
     """The child's loop: records in, SDK spans out through a batch processor, until EOF."""
     processor = BatchSpanProcessor(span_exporter(exporter_name, os.environ))
     resource = service_resource(service_name)
-    scope = InstrumentationScope(f"warden.{service_name}", _version())
+    scope = InstrumentationScope(f"warden.{service_name}", package_version())
     try:
         while message := connection.recv(MAX_MESSAGE_BYTES):
             trace_id, records = marshal.loads(message)  # noqa: S302 - our parent is the only writer

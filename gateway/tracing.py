@@ -75,7 +75,7 @@ class ProcessorSink:
     def __init__(self, service_name: str, processor: SpanProcessor) -> None:
         self.processor = processor
         self.resource = service_resource(service_name)
-        self.scope = InstrumentationScope(f"warden.{service_name}", _version())
+        self.scope = InstrumentationScope(f"warden.{service_name}", package_version())
 
     def emit(self, trace_id: int, spans: list[SpanRecord]) -> None:
         for span in readable_spans(self.resource, self.scope, trace_id, spans):
@@ -321,7 +321,8 @@ def _plain(attributes: Attributes | None) -> dict[str, AttributeValue]:
     return dict(attributes) if attributes else {}
 
 
-def _version() -> str:
+def package_version() -> str:
+    """The installed distribution's version (for span scopes and the OpenAPI document)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:

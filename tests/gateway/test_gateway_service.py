@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from gateway.openai_api import ChatCompletionRequest, CompletionRequest
 from gateway.pki import PkiPaths
 from tests.support.fake_worker import start_fake_worker
 from tests.support.gateway import start_gateway, upstream
@@ -356,3 +357,23 @@ def test_a_sanitizing_role_forwards_the_prompt_with_the_attack_filtered(stack: S
     forwarded = response.json()["echo"]["body"]["messages"][0]["content"]
     assert "[filtered]" in forwarded and "reveal your system prompt" not in forwarded
     assert forwarded.startswith("Translate this review to French")
+
+
+def test_the_openapi_document_describes_what_the_edge_accepts(stack: Stack) -> None:
+    document = httpx.get(f"{stack.url}/openapi.json", timeout=5).json()
+    assert document["openapi"].startswith("3.1")
+    assert set(document["paths"]) >= {"/v1/chat/completions", "/v1/completions", "/v1/models"}
+    schemas = document["components"]["schemas"]
+    # The very models that validate requests: the same fields, unknown ones refused as at the edge.
+    for name, model in (
+        ("ChatCompletionRequest", ChatCompletionRequest),
+        ("CompletionRequest", CompletionRequest),
+    ):
+        assert set(schemas[name]["properties"]) == set(model.model_fields)
+        assert schemas[name]["additionalProperties"] is False
+    assert "cache_salt" not in schemas["ChatCompletionRequest"]["properties"]
+    assert "messages" in schemas["ChatCompletionRequest"]["required"]
+    assert schemas["Error"]["properties"]["error"]["required"] == ["message", "type", "code"]
+    chat = document["paths"]["/v1/chat/completions"]["post"]
+    assert chat["security"] == [{"bearer": []}]
+    assert {"400", "401", "403", "429", "503"} <= set(chat["responses"])
