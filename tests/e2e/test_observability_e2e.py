@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -34,6 +32,7 @@ from gateway.logs import JsonFormatter, configure_logging
 from gateway.pki import PkiPaths
 from gateway.settings import GatewaySettings
 from gateway.tracing import Tracing
+from tests.support.audit_keys import audit_settings
 from tests.support.gateway import upstream
 from tests.support.identity import TestIssuer
 from tests.support.ports import free_port
@@ -107,24 +106,6 @@ class ThreadedServer:
     def __exit__(self, *_exc: object) -> None:
         self.server.should_exit = True
         self.thread.join(30)
-
-
-def audit_settings(root: Path) -> dict[str, Any]:
-    keys = root / "keys"
-    keys.mkdir()
-    (keys / "passphrase").write_text("observability test passphrase")
-    passphrase = str(keys / "passphrase")
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "keygen", str(keys), "--passphrase-file", passphrase],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    return {
-        "directory": str(root / "audit"),
-        "auditor_public_key": str(keys / "auditor-public.pem"),
-        "signing_key": str(keys / "signing-key.pem"),
-        "hmac_key": "an-audit-hmac-key-of-at-least-32-bytes!",
-    }
 
 
 def test_one_trace_spans_gateway_and_worker_and_nothing_secret_leaks(

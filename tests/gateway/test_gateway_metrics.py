@@ -6,8 +6,6 @@ test is the gateway. Each test reads the scrape before and after the events it c
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.metrics import describe_metrics
 from gateway.pki import PkiPaths
+from tests.support.audit_keys import audit_settings
 from tests.support.fake_worker import start_fake_worker
 from tests.support.gateway import start_gateway, upstream
 from tests.support.identity import TestIssuer
@@ -90,15 +89,6 @@ def chat(content: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def stack(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     root = tmp_path_factory.mktemp("gateway-metrics")
-    keys = root / "keys"
-    keys.mkdir()
-    (keys / "passphrase").write_text("metrics test passphrase")
-    passphrase = str(keys / "passphrase")
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "keygen", str(keys), "--passphrase-file", passphrase],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
     redis = RedisServer(root / "redis").start()
     issuer = TestIssuer(root / "idp")
     (root / "policies").mkdir()
@@ -113,12 +103,7 @@ def stack(pki: PkiPaths, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         policy_dir=root / "policies",
         upstreams=[upstream(pki, "fake", ["fake-model"], [worker_url])],
         redis={"url": redis.url, "recovery_max_s": 0.5, "command_timeout_s": 2.0},
-        audit={
-            "directory": str(root / "audit"),
-            "auditor_public_key": str(keys / "auditor-public.pem"),
-            "signing_key": str(keys / "signing-key.pem"),
-            "hmac_key": "an-audit-hmac-key-of-at-least-32-bytes!",
-        },
+        audit=audit_settings(root),
         metrics={"port": metrics_port},
     )
     yield Stack(url, f"http://127.0.0.1:{metrics_port}/metrics", issuer, root)
