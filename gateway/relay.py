@@ -91,9 +91,10 @@ async def relay_reply(
         observe_answer(ctx, body)
     answer = CachedAnswer(reply.content_type, body=body, status=reply.status_code)
     await finish(ctx, reply.status_code, None, answer)
-    return Response(
-        body, status_code=reply.status_code, media_type=reply.content_type, headers=ctx.response_headers()
-    )
+    headers = ctx.response_headers()
+    if reply.status_code == 429 and reply.retry_after is not None and reply.retry_after.isdigit():
+        headers["retry-after"] = reply.retry_after  # the worker's queue is full: when to come back
+    return Response(body, status_code=reply.status_code, media_type=reply.content_type, headers=headers)
 
 
 async def _redacted_body(ctx: RequestContext, body: bytes, redactor: Redactor | None) -> bytes:

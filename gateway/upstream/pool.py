@@ -67,6 +67,11 @@ class UpstreamReply:
     _pool: WorkerPool
     _settled: bool = field(default=False)
 
+    @property
+    def retry_after(self) -> str | None:
+        """The worker's ``Retry-After`` (on a 429), passed on to the client."""
+        return self._response.headers.get("retry-after")
+
     async def chunks(self) -> AsyncIterator[bytes]:
         """The body, first chunk included; a transport failure mid-way raises UpstreamStreamError."""
         if self.first_chunk:

@@ -377,3 +377,12 @@ def test_the_openapi_document_describes_what_the_edge_accepts(stack: Stack) -> N
     chat = document["paths"]["/v1/chat/completions"]["post"]
     assert chat["security"] == [{"bearer": []}]
     assert {"400", "401", "403", "429", "503"} <= set(chat["responses"])
+
+
+def test_a_full_worker_queue_reaches_the_client_with_its_retry_after(stack: Stack) -> None:
+    response = stack.post(
+        "/v1/chat/completions", {**CHAT, "user": "queue-full"}, stack.token(["ml-engineers"])
+    )
+    assert response.status_code == 429
+    assert response.json()["error"]["code"] == "queue_full"
+    assert response.headers["retry-after"] == "3"

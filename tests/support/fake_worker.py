@@ -4,8 +4,9 @@
 what it received (body and the headers the gateway should or should not forward) so tests can
 check what left the gateway. The request's ``user`` field selects a behaviour:
 ``"cut-after-2"`` aborts the stream after two events, ``"slow"`` waits 30 s before answering,
-``"fail-500"`` answers 500, ``"busy"`` answers 503, ``"slow-stream"`` spaces its events 0.5 s apart,
-``"pii"`` answers with personal data (PII_TEXT), streamed five characters per event.
+``"fail-500"`` answers 500, ``"busy"`` answers 503, ``"queue-full"`` answers 429 with Retry-After,
+``"slow-stream"`` spaces its events 0.5 s apart, ``"pii"`` answers with personal data (PII_TEXT),
+streamed five characters per event.
 ``/stats`` counts requests and the clients that went away before the answer was complete.
 With ``--api-key`` it plays a worker that is not ours: server-only TLS and a bearer key.
 """
@@ -68,6 +69,13 @@ def build_app(name: str, event_delay_s: float, api_key: str | None = None) -> St
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
         if behaviour == "busy":
             return JSONResponse({"error": {"message": "busy", "type": "server_error"}}, status_code=503)
+        if behaviour == "queue-full":
+            error = {
+                "message": "the worker is busy; retry later",
+                "type": "rate_limit_error",
+                "code": "queue_full",
+            }
+            return JSONResponse({"error": error}, status_code=429, headers={"Retry-After": "3"})
         if behaviour == "slow":
             for _ in range(600):
                 if await request.is_disconnected():
