@@ -1,6 +1,7 @@
 """Every command the documentation shows is run, so the docs cannot drift from the code.
 
-The pages are README.md, SECURITY.md, docs/guides/*.md and docs/scaling.md. Each fenced block is read
+The pages are README.md, SECURITY.md, docs/guides/*.md, docs/scaling.md, deploy/README.md and
+deploy/k8s/README.md. Each fenced block is read
 with the HTML comment on the line before it, if any:
 
 - ```` ```bash ```` blocks run with ``bash -euo pipefail -c`` and ```` ```python ```` blocks with
@@ -66,6 +67,8 @@ PAGES = (
     "SECURITY.md",
     *sorted(str(path.relative_to(REPO)) for path in (REPO / "docs" / "guides").glob("*.md")),
     "docs/scaling.md",
+    "deploy/README.md",
+    "deploy/k8s/README.md",
 )
 RUNNABLE = frozenset({"bash", "python"})
 SHELL_LIKE = frozenset({"sh", "shell", "console", "zsh", "shell-session", "py", "python3", "pycon", "ps1"})
