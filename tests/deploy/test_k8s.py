@@ -53,7 +53,8 @@ from tests.support.kustomize import Resource, build, config_map_hash, pod_specs
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 OVERLAYS = ("cpu", "gpu", "external-redis")
-KUBERNETES = "1.31"
+# The oldest release still supported upstream and the newest the schemas cover.
+KUBERNETES_VERSIONS = ("1.31", "1.37")
 NAMESPACE = "warden"
 GATEWAY, WORKER, REDIS = "warden-gateway", "warden-worker", "warden-redis"
 # Pods listen on every interface of their own network namespace: Services and probes reach them there.
@@ -242,8 +243,9 @@ def test_the_renderer_names_config_maps_as_kustomize_does() -> None:
     assert config_map_hash("", {"one": ""}) == "9g67k2htb6"  # a vector of kustomize's api/hasher tests
 
 
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_object_is_valid_for_the_kubernetes_api(overlay: str) -> None:
+def test_every_object_is_valid_for_the_kubernetes_api(overlay: str, version: str) -> None:
     resources = rendered(overlay)
     assert not of_kind(resources, "Secret"), "Secrets are made from the CLIs' outputs, never committed"
     invalid = []
@@ -255,7 +257,7 @@ def test_every_object_is_valid_for_the_kubernetes_api(overlay: str) -> None:
             check_service_monitor(resources, resource)
             continue
         try:
-            kubernetes_validate.validate(resource, KUBERNETES, strict=True)
+            kubernetes_validate.validate(resource, version, strict=True)
         except kubernetes_validate.ValidationError as exc:
             invalid.append(f"{where} at {'.'.join(map(str, exc.absolute_path))}: {exc.message}")
     assert invalid == []
