@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,17 +19,18 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
-# Presidio's default URL and e-mail recognizers build a tldextract extractor at import time; an empty
-# list keeps it on the bundled public suffix snapshot instead of fetching one.
-os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = ""
-
 import regex
-from presidio_analyzer import AnalyzerEngine, RecognizerRegistry, RecognizerResult
-from presidio_analyzer.context_aware_enhancers import ContextAwareEnhancer
-from presidio_analyzer.nlp_engine import NlpEngineProvider, NoOpNlpEngine
 
 from gateway.errors import ApiError
 from gateway.guards.phone import PhoneRecognizer
+from gateway.guards.presidio import (
+    AnalyzerEngine,
+    ContextAwareEnhancer,
+    NlpEngineProvider,
+    NoOpNlpEngine,
+    RecognizerRegistry,
+    RecognizerResult,
+)
 from gateway.guards.recognizers import (
     CreditCardRecognizer,
     EmailRecognizer,

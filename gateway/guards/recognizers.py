@@ -23,9 +23,9 @@ from typing import Any, ClassVar
 
 import regex
 import tldextract
-from presidio_analyzer import LocalRecognizer, RecognizerResult
 
 from gateway.guards.checks import Cues, iban_valid, known_card_network, luhn_valid, ssn_valid
+from gateway.guards.presidio import LocalRecognizer, RecognizerResult
 
 FLAGS = regex.IGNORECASE | regex.VERSION1
 
