@@ -16,7 +16,8 @@ from gateway.openai_api import StreamOptions, TextPart, check_one_prompt, check_
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: JSON true is not the number 1 and "5" is not 5, as in the OpenAI API itself.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class ChatMessage(_Strict):

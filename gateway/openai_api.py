@@ -17,7 +17,8 @@ MAX_STOP_STRINGS = 8
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict types: JSON true is not the number 1 and "5" is not 5, as in the OpenAI API itself.
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 def check_stop_strings(value: str | list[str] | None) -> str | list[str] | None:

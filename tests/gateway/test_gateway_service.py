@@ -149,6 +149,11 @@ def test_traceparent_keeps_the_callers_trace_id(stack: Stack) -> None:
         (["ml-engineers"], "acme", {**CHAT, "cache_salt": "mine"}, 400, "invalid_request"),
         (["ml-engineers"], "acme", {**CHAT, "messages": []}, 400, "invalid_request"),
         (["ml-engineers"], "acme", {**CHAT, "max_tokens": "many"}, 400, "invalid_request"),
+        # Types are strict, as in the OpenAI API: no booleans or strings taken for numbers.
+        (["ml-engineers"], "acme", {**CHAT, "max_tokens": "16"}, 400, "invalid_request"),
+        (["ml-engineers"], "acme", {**CHAT, "top_p": True}, 400, "invalid_request"),
+        (["ml-engineers"], "acme", {**CHAT, "top_k": True}, 400, "invalid_request"),
+        (["ml-engineers"], "acme", {**CHAT, "stream": 1}, 400, "invalid_request"),
     ],
 )
 def test_refusals_carry_stable_codes(
