@@ -60,5 +60,5 @@ def start_gateway(
         process = ServiceProcess(args, log_path=log_path)
     process.start()
     url = f"http://127.0.0.1:{port}"
-    process.wait_http(f"{url}/healthz", timeout_s=30)
+    process.wait_http(f"{url}/healthz", timeout_s=60)
     return process, url

@@ -58,6 +58,7 @@ class ServiceProcess:
             except (httpx.HTTPError, OSError, ssl.SSLError):
                 pass
             time.sleep(0.05)
+        self.kill()  # a service that never became ready must not outlive the test that started it
         raise TimeoutError(f"{self.args[:4]} not ready after {timeout_s}s:\n{self.logs()}")
 
     def wait_http(self, url: str, *, verify: ssl.SSLContext | bool = True, timeout_s: float = 30.0) -> None:
