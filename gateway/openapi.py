@@ -12,7 +12,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
-from gateway.openai_api import ChatCompletionRequest, CompletionRequest
+from gateway.openai_api import MAX_STOP_STRINGS, ChatCompletionRequest, CompletionRequest
 
 ERROR = {
     "type": "object",
@@ -37,8 +37,42 @@ _ERRORS = {
     "404": "Unknown model",
     "413": "The body is too large",
     "429": "A rate limit or budget is exhausted (see Retry-After)",
+    # Never expected: anything unforeseen becomes this generic answer (the details stay in the log).
+    "500": "Internal error",
     "502": "The worker failed",
     "503": "No worker, guard or audit log is available",
+}
+# One server-sent event as clients parse it (Open API 3.1 has the schema of a stream describe each
+# event). ``data`` is a JSON chunk, or ``[DONE]`` at the end.
+SSE_EVENT = {
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "data": {"type": "string"},
+        "event": {"type": "string"},
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+}
+# What the field validators check (check_stop_strings, check_one_prompt) has no JSON Schema of its
+# own; spelled out here so that every body the document allows passes the edge's validation.
+STOP_STRING = {"type": "string", "minLength": 1, "maxLength": 256}
+STOP = {
+    "anyOf": [
+        STOP_STRING,
+        {"type": "array", "items": STOP_STRING, "maxItems": MAX_STOP_STRINGS},
+        {"type": "null"},
+    ],
+    "default": None,
+    "title": "Stop",
+}
+PROMPT = {
+    "anyOf": [
+        {"type": "string"},
+        {"type": "array", "items": {"type": "integer"}, "minItems": 1},
+        {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": 1},
+    ],
+    "title": "Prompt",
 }
 
 
@@ -62,7 +96,7 @@ def _completion(operation: str, summary: str, schema: str) -> dict[str, Any]:
                     "description": "The answer, whole (JSON) or streamed (server-sent events)",
                     "content": {
                         "application/json": {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
+                        "text/event-stream": {"schema": SSE_EVENT},
                     },
                 },
                 **_error_responses(),
@@ -77,6 +111,9 @@ def openapi_document(version: str) -> dict[str, Any]:
         ref_template="#/components/schemas/{model}",
     )
     components: dict[str, Any] = dict(schemas.get("$defs", {}))
+    for name in ("ChatCompletionRequest", "CompletionRequest"):
+        components[name]["properties"]["stop"] = STOP
+    components["CompletionRequest"]["properties"]["prompt"] = PROMPT
     components["Error"] = ERROR
     status = {"description": "Status", "content": {"application/json": {"schema": {"type": "object"}}}}
     return {
@@ -99,6 +136,13 @@ def openapi_document(version: str) -> dict[str, Any]:
                         },
                         **_error_responses(),
                     },
+                }
+            },
+            "/openapi.json": {
+                "get": {
+                    "operationId": "openapiDocument",
+                    "summary": "This document",
+                    "responses": {"200": {"description": "OpenAPI 3.1", "content": status["content"]}},
                 }
             },
             "/healthz": {"get": {"operationId": "liveness", "responses": {"200": status}}},
