@@ -13,7 +13,7 @@ from backend.settings import WorkerSettings, load_worker_settings
 from gateway.config import ConfigError, run_command
 from gateway.logs import configure_logging
 from gateway.serving import serve
-from gateway.tls import server_context
+from gateway.tls_reload import reloading_server_context
 from gateway.tracing import TracingConfigError, tracing_from_env
 
 logger = logging.getLogger("backend")
@@ -47,6 +47,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--tls-cert", type=Path, help="the worker's certificate (PEM)")
     serve_cmd.add_argument("--tls-key", type=Path, help="the worker's private key (PEM)")
     serve_cmd.add_argument("--tls-ca", type=Path, help="CA that signs allowed client certificates")
+    serve_cmd.add_argument(
+        "--tls-reload-interval",
+        type=float,
+        metavar="SECONDS",
+        help="check the TLS files for a renewal this often (default 5; 0: load them once at start)",
+    )
     serve_cmd.add_argument(
         "--allow-client",
         action="append",
@@ -87,6 +93,7 @@ def settings_from_args(args: argparse.Namespace) -> WorkerSettings:
                 "key": args.tls_key,
                 "ca": args.tls_ca,
                 "allowed_clients": args.allowed_clients,
+                "reload_interval_s": args.tls_reload_interval,
             },
         },
     )
@@ -100,7 +107,13 @@ def run_serve(args: argparse.Namespace) -> int:
         raise ConfigError(f"tracing (OTEL_* environment): {exc}") from None
     configure_logging(settings.log_level)
     if settings.tls.complete():
-        context = server_context(settings.tls.files(), require_client_cert=True)
+        # Renewed certificates and rotated CA bundles apply to new handshakes without a restart.
+        context = reloading_server_context(
+            settings.tls.files(),
+            require_client_cert=True,
+            interval_s=settings.tls.reload_interval_s,
+            label="worker",
+        )
     else:
         context = None
         logger.warning(

@@ -22,6 +22,8 @@ class WorkerTlsSettings(StrictModel):
     ca: Path | None = None
     # Client identities (SAN DNS names or the subject CN) allowed to connect; empty = any cert from `ca`.
     allowed_clients: list[str] = Field(default_factory=list)
+    # Seconds between checks of the files for a renewal or rotation (gateway.tls_reload); 0 = never.
+    reload_interval_s: float = Field(default=5.0, ge=0, le=3600)
 
     def files(self) -> TlsFiles:
         return TlsFiles(ca=self.ca, cert=self.cert, key=self.key)

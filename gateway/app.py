@@ -111,6 +111,7 @@ def create_app(settings: GatewaySettings, *, tracing: Tracing | None = None) -> 
                 {
                     "name": pool.settings.name,
                     "healthy": pool_ready,
+                    "tls": pool.tls.status(),  # reloads of the worker link's certificates, last error
                     "workers": [
                         {"url": w.url, "healthy": w.healthy, "detail": w.detail, "circuit": w.circuit}
                         for w in workers

@@ -35,6 +35,8 @@ class UpstreamTlsSettings(StrictModel):
     cert: Path | None = None
     key: Path | None = None
     check_hostname: bool = True
+    # Seconds between checks of the files for a renewal or rotation (gateway.tls_reload); 0 = never.
+    reload_interval_s: float = Field(default=5.0, ge=0, le=3600)
 
     @model_validator(mode="after")
     def _cert_and_key_together(self) -> UpstreamTlsSettings:

@@ -3,7 +3,8 @@
 TLS 1.2 is the floor and 1.3 is negotiated whenever both ends have it. On the worker link both
 sides verify: the worker requires a client certificate from the configured CA
 (``CERT_REQUIRED``), the gateway verifies the worker's certificate and its host name.
-Standard library only, so the worker can import it without any gateway dependency.
+Standard library only, so the worker can import it without any gateway dependency. Both services
+rebuild their contexts with these functions when the files change (``gateway.tls_reload``).
 """
 
 from __future__ import annotations
@@ -38,6 +39,9 @@ def server_context(files: TlsFiles, *, require_client_cert: bool) -> ssl.SSLCont
             raise ConfigError("tls.ca: required to verify client certificates")
         _load_ca(context, files.ca)
         context.verify_mode = ssl.CERT_REQUIRED
+        # A resumed session skips verification: without tickets, a client whose CA was rotated out
+        # of the bundle cannot come back on a session from before (see gateway.tls_reload).
+        context.num_tickets = 0
     else:
         context.verify_mode = ssl.CERT_NONE
     return context

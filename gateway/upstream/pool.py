@@ -23,8 +23,8 @@ import aiohttp
 
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.settings import UpstreamSettings
-from gateway.tls import client_context
 from gateway.upstream.breaker import CircuitBreaker, CircuitState
+from gateway.upstream.client_tls import UpstreamTls
 
 logger = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class WorkerPool:
         self._headers = {"Accept-Encoding": "identity"}
         if settings.api_key is not None:
             self._headers["Authorization"] = f"Bearer {settings.api_key.get_secret_value()}"
-        self._ssl = client_context(settings.tls.files(), check_hostname=settings.tls.check_hostname)
+        self.tls = UpstreamTls(settings.tls, settings.name)  # reloaded when its files change
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -132,7 +132,9 @@ class WorkerPool:
             settings = self.settings
             self._session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
-                    ssl=self._ssl, limit=settings.max_connections, limit_per_host=settings.max_connections
+                    ssl=self.tls.context,
+                    limit=settings.max_connections,
+                    limit_per_host=settings.max_connections,
                 ),
                 timeout=aiohttp.ClientTimeout(
                     total=None,
@@ -204,7 +206,11 @@ class WorkerPool:
         """One try on one worker: the reply, or why it failed ("busy" or a failure reason)."""
         try:
             response = await self.session.post(
-                worker.url + path, data=body, headers=headers, allow_redirects=False
+                worker.url + path,
+                data=body,
+                headers=headers,
+                allow_redirects=False,
+                ssl=self.tls.for_request(self.session),
             )
         except (aiohttp.ClientError, TimeoutError) as exc:
             return _failure_kind(exc)
@@ -253,11 +259,12 @@ class WorkerPool:
     async def _check_one(self, worker: Worker, timeout_s: float) -> None:
         timeout = aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with self.session.get(f"{worker.url}/health", timeout=timeout) as response:
+            ssl = self.tls.for_request(self.session)
+            async with self.session.get(f"{worker.url}/health", timeout=timeout, ssl=ssl) as response:
                 healthy = response.status == 200
                 detail = f"HTTP {response.status}"
             if healthy and self.has_patterns():
-                async with self.session.get(f"{worker.url}/v1/models", timeout=timeout) as listed:
+                async with self.session.get(f"{worker.url}/v1/models", timeout=timeout, ssl=ssl) as listed:
                     if listed.status == 200:
                         worker.models = _model_ids(await listed.json())
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
