@@ -9,15 +9,25 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from backend.engine.sampling_params import SamplingParams
-from gateway.openai_api import StreamOptions, TextPart, check_one_prompt, check_stop_strings
+from gateway.openai_api import (
+    StreamOptions,
+    TextPart,
+    check_one_prompt,
+    check_stop_strings,
+    no_type_juggling,
+)
 
 
 class _Strict(BaseModel):
-    # Strict types: JSON true is not the number 1 and "5" is not 5, as in the OpenAI API itself.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_type_juggling(cls, value: Any, info: ValidationInfo) -> Any:
+        return no_type_juggling(cls, value, info.field_name or "")
 
 
 class ChatMessage(_Strict):

@@ -9,16 +9,36 @@ to workers that support them. The worker builds its own stricter models from the
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_STOP_STRINGS = 8
 
 
+def _scalar_kinds(annotation: Any) -> set[type]:
+    return {kind for kind in (get_args(annotation) or (annotation,)) if kind in (bool, int, float)}
+
+
+def no_type_juggling(model: type[BaseModel], value: Any, field_name: str) -> Any:
+    """Refuse what pydantic's lax mode would convert: JSON ``true`` is not the number 1, ``"16"`` is
+    not 16 and 1 is not ``true``, as in the OpenAI API. Numbers stay numbers (1.0 is a valid
+    integer, as JSON Schema has it), which pydantic's strict mode would refuse."""
+    kinds = _scalar_kinds(model.model_fields[field_name].annotation)
+    if kinds == {bool} and value is not None and not isinstance(value, bool):
+        raise ValueError("Input should be true or false")
+    if kinds and bool not in kinds and isinstance(value, bool | str):
+        raise ValueError("Input should be a number")
+    return value
+
+
 class _Strict(BaseModel):
-    # Strict types: JSON true is not the number 1 and "5" is not 5, as in the OpenAI API itself.
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_type_juggling(cls, value: Any, info: ValidationInfo) -> Any:
+        return no_type_juggling(cls, value, info.field_name or "")
 
 
 def check_stop_strings(value: str | list[str] | None) -> str | list[str] | None:
