@@ -23,6 +23,7 @@ from gateway.guards.redaction import Redactor, merge
 from gateway.guards.settings import PiiSettings
 from gateway.guards.stream_redactor import MAX_HOLD_CHARS, StreamRedactor
 from gateway.policy.schema import DEFAULT_PII_ENTITIES, PiiGuard
+from tests.support.fuzz_scale import examples
 
 DEV_SET = Path(__file__).resolve().parents[3] / "shared" / "data" / "pii-dev.jsonl"
 
@@ -99,7 +100,7 @@ def check(redactor: Redactor, text: str, sizes: list[int]) -> str:
     return joined
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     rows=st.lists(st.sampled_from(ROWS), min_size=1, max_size=6),
     sizes=st.lists(st.integers(min_value=1, max_value=24), min_size=1, max_size=300),
@@ -124,7 +125,7 @@ FRAGMENTS = [
 ]  # fmt: skip
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     parts=st.lists(st.sampled_from(FRAGMENTS), min_size=1, max_size=40),
     sizes=st.lists(st.integers(min_value=1, max_value=9), min_size=1, max_size=200),

@@ -25,9 +25,12 @@ from gateway.auth.settings import AuthSettings
 from gateway.errors import AuthenticationFailed
 from gateway.policy.store import PolicyError, load_policy_dir
 from gateway.relay import sse_events
+from tests.support.fuzz_scale import examples
 from tests.support.identity import TestIssuer
 
-FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+FUZZ = settings(
+    max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
 def b64(data: bytes) -> str:
