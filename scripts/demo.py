@@ -21,6 +21,7 @@ from gateway.tls import TlsFiles, client_context
 from scripts.demo_audit import prepare_audit, run_audit_demo
 from scripts.demo_gateway import prepare_identity, run_gateway_demo
 from scripts.demo_observability import run_observability_demo, span_collector
+from scripts.demo_resilience import run_resilience_demo
 from scripts.demo_worker import run_worker_demo
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
@@ -61,7 +62,7 @@ def main() -> int:
         "--served-model-name", "smollm2",
         "--tls-cert", str(paths.worker_cert), "--tls-key", str(paths.worker_key),
         "--tls-ca", str(paths.ca_cert), "--allow-client", "warden-gateway",
-        "--metrics-port", str(worker_metrics_port),
+        "--metrics-port", str(worker_metrics_port), "--tls-reload-interval", "1",
         log_path=logs / "worker.log", env=traced,
     )  # fmt: skip
     redis = RedisServer(RUN_DIR / "redis")
@@ -81,6 +82,7 @@ def main() -> int:
                     "ca": str(paths.ca_cert),
                     "cert": str(paths.gateway_cert),
                     "key": str(paths.gateway_key),
+                    "reload_interval_s": 1,
                 },
             }
         ],
@@ -132,6 +134,7 @@ def main() -> int:
             worker_metrics,
             identity,
         )
+        resilience_ok = run_resilience_demo(gateway_url, identity, redis, paths, worker_url)
 
         if args.keep:
             print("\nRunning; press Ctrl-C to stop (logs in run/demo/logs).")
@@ -140,7 +143,7 @@ def main() -> int:
     redis.stop()
     audit_ok = run_audit_demo(RUN_DIR)
     row("logs", str(logs))
-    healthy = gateway_ok and audit_ok and observability_ok and ready.status_code == 200
+    healthy = gateway_ok and audit_ok and observability_ok and resilience_ok and ready.status_code == 200
     return 1 if failed or not healthy else 0
 
 
