@@ -32,6 +32,7 @@ SYNTHETIC_WEIGHT = 0.25  # templated rows are near-duplicates of one another; we
 L2_CLASSIFIER = 1e-5
 L2_CALIBRATOR = 1e-4  # measured: same CV as 1e-3, better on held-out synthetic rows
 INNER_FOLDS = 3
+MIN_BENIGN_PREFIX = 20  # characters: shorter benign texts ("hi", "thanks") prefix too much by chance
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,29 @@ def _chunk_rows(featurizer: Featurizer, text: str, label: int) -> list[str]:
         # middle chunks of a long document are mostly not the attack, so they are not taught as one.
         return [chunks[0], chunks[-1]]
     return chunks
+
+
+def _without_benign_prefixes(
+    featurizer: Featurizer, texts: Sequence[str], labels: Sequence[int]
+) -> list[str]:
+    """Attacks that begin with a whole benign training text are taught on what follows it.
+
+    An injection appended to an ordinary request ("<question>? Ignore ... and ...") would otherwise
+    teach the classifier that the request itself is an attack, and the same request sent alone would
+    then be flagged. Only texts of the training rows are compared, so cross-validation stays honest.
+    """
+    prepared = [featurizer.prepare(text) for text in texts]
+    by_start: dict[str, list[str]] = {}
+    for text, label in zip(prepared, labels, strict=True):
+        if label == 0 and len(text) >= MIN_BENIGN_PREFIX:
+            by_start.setdefault(text[:MIN_BENIGN_PREFIX], []).append(text)
+    result = []
+    for text, label in zip(prepared, labels, strict=True):
+        prefixes = by_start.get(text[:MIN_BENIGN_PREFIX], []) if label == 1 else []
+        matched = max((b for b in prefixes if text.startswith(b)), key=len, default="")
+        rest = text[len(matched) :].strip()
+        result.append(rest if matched and len(rest) >= MIN_BENIGN_PREFIX // 2 else text)
+    return result
 
 
 def _matrix(featurizer: Featurizer, chunk_lists: Sequence[list[str]]) -> tuple[_Matrix, list[int]]:
@@ -208,9 +232,8 @@ def train_model(
     size = 1 << spec.bits
     analyses = [analyze(rules, row.text) for row in rows]
     labels = [row.label for row in rows]
-    chunk_lists = [
-        _chunk_rows(featurizer, a.classifier_text, row.label) for a, row in zip(analyses, rows, strict=True)
-    ]
+    taught = _without_benign_prefixes(featurizer, [a.classifier_text for a in analyses], labels)
+    chunk_lists = [_chunk_rows(featurizer, text, label) for text, label in zip(taught, labels, strict=True)]
     matrix, owners = _matrix(featurizer, chunk_lists)
     owner = np.array(owners)
     counts = np.bincount(owner, minlength=len(rows))

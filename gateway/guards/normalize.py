@@ -2,7 +2,7 @@
 
 ``normalize(text)`` returns what is forwarded when sanitizing (``text``: NFKC, invisible characters
 removed), what detectors read (``detection_text``: lower case, accents, look-alike letters and
-leetspeak folded), payloads decoded from base64, hex, URL, HTML or ``\\u`` escapes and from Unicode
+leetspeak folded), payloads decoded from base64, hex, URL, HTML, ``\\u`` escapes, Morse, binary and Unicode
 tag characters (``decoded``, each scanned too), and ``signals``: evidence of hiding, which is itself
 suspicious (zero-width, bidi-control and tag characters, mixed-script look-alikes, encoded payloads).
 """
