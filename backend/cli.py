@@ -16,6 +16,10 @@ from gateway.serving import serve
 from gateway.tls_reload import reloading_server_context
 from gateway.tracing import TracingConfigError, tracing_from_env
 
+# Gateways pool connections to workers and close idle ones after their idle_connection_timeout_s
+# (4 s by default); the worker keeps them far longer so that it is never the side closing first.
+WORKER_KEEP_ALIVE_S = 30
+
 logger = logging.getLogger("backend")
 
 
@@ -140,6 +144,7 @@ def run_serve(args: argparse.Namespace) -> int:
             graceful_shutdown_s=settings.graceful_shutdown_s,
             log_level=settings.log_level,
             allowed_clients=settings.tls.allowed_clients if context is not None else (),
+            keep_alive_s=WORKER_KEEP_ALIVE_S,
         )
     finally:
         if tracing is not None:

@@ -57,8 +57,13 @@ def serve(
     graceful_shutdown_s: float,
     log_level: str = "info",
     allowed_clients: Collection[str] = (),
+    keep_alive_s: int = 5,
 ) -> None:
-    """Serve ``app`` until SIGTERM/SIGINT, then drain. Blocks."""
+    """Serve ``app`` until SIGTERM/SIGINT, then drain. Blocks.
+
+    ``keep_alive_s`` is how long an idle client connection is kept open; a client that reuses
+    connections must close its idle ones sooner, or it may send on one being closed.
+    """
     protocol: type[asyncio.Protocol] = HttpToolsProtocol
     if allowed_clients:
         protocol = _allowlisted_protocol(protocol, frozenset(allowed_clients))
@@ -75,6 +80,7 @@ def serve(
         log_level=log_level,
         log_config=None,  # keep the JSON logging set up by gateway.logs
         timeout_graceful_shutdown=max(1, round(graceful_shutdown_s)),
+        timeout_keep_alive=keep_alive_s,
         ssl_context_factory=(lambda _config, _default: ssl_context) if ssl_context is not None else None,
     )
     uvicorn.Server(config).run()

@@ -60,6 +60,10 @@ class UpstreamSettings(StrictModel):
     connect_timeout_s: float = Field(default=2.0, gt=0, le=60)
     read_timeout_s: float = Field(default=120.0, gt=0, le=3600)
     max_connections: int = Field(default=256, ge=1, le=10_000)
+    # An idle pooled connection is closed after this long. Keep it below the workers' own keep-alive
+    # timeout (uvicorn's default, and so vLLM's, is 5 s; ours is 30 s): a request sent on a
+    # connection the worker is closing at that moment fails with nowhere to go when one worker serves.
+    idle_connection_timeout_s: float = Field(default=4.0, gt=0, le=300)
     health_interval_s: float = Field(default=5.0, gt=0, le=300)
     # Passive ejection: this many consecutive failures open the circuit for open_cooldown_s.
     failure_threshold: int = Field(default=3, ge=1, le=100)

@@ -135,6 +135,7 @@ class WorkerPool:
                     ssl=self.tls.context,
                     limit=settings.max_connections,
                     limit_per_host=settings.max_connections,
+                    keepalive_timeout=settings.idle_connection_timeout_s,
                 ),
                 timeout=aiohttp.ClientTimeout(
                     total=None,

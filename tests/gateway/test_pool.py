@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backend.cli import WORKER_KEEP_ALIVE_S
 from gateway.errors import ServiceUnavailable, UpstreamError
 from gateway.pki import PkiPaths
 from gateway.settings import UpstreamSettings
@@ -280,3 +281,10 @@ def test_a_worker_that_is_not_ours_is_reached_with_tls_and_an_api_key(pki: PkiPa
         assert asyncio.run(main("sk-wrong-key")) == 401  # the vendor's refusal is passed through
     finally:
         process.stop()
+
+
+def test_the_defaults_close_idle_connections_before_any_uvicorn_worker_does() -> None:
+    # A request sent on a pooled connection just as the worker times it out fails with nowhere to go
+    # when one worker serves: the client side must be the one that closes idle connections first.
+    settings = UpstreamSettings(name="any", models=["m"], workers=["https://w:8000"])
+    assert settings.idle_connection_timeout_s < 5 < WORKER_KEEP_ALIVE_S  # 5 s: uvicorn's default
