@@ -19,6 +19,9 @@ BENCHMARKS = {
     "telemetry_cost": "bench.telemetry_cost",
     "audit_throughput": "bench.audit_throughput",
     "guards_eval": "bench.guards_eval",
+    "soak": "bench.soak",
+    "fuzz_api": "bench.fuzz_api",
+    "fuzz_properties": "bench.fuzz_properties",
 }
 
 
