@@ -18,7 +18,6 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import SimpleNamespace
 from typing import TYPE_CHECKING, cast
 
 import pytest
@@ -36,9 +35,10 @@ from tests.deploy.test_compose import (
     service,
     services,
 )
+from tests.support.engine_stats import loaded_engine
 
 if TYPE_CHECKING:
-    from backend.async_engine import AsyncEngine
+    pass
 
 DOCKERFILES = sorted((REPO / "deploy" / "docker").glob("*.Dockerfile"))
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -522,22 +522,6 @@ def run_healthcheck(dockerfile: Dockerfile, server: StandIn) -> int:
     return subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=30).returncode
 
 
-def _loaded_engine() -> AsyncEngine:
-    stats = SimpleNamespace(
-        num_blocks_total=64,
-        num_blocks_used=3,
-        num_running=1,
-        prefix_cache_hit_rate=0.0,
-        num_preemptions=0,
-        prefix_cache_queries=0,
-        prefix_cache_hits=0,
-    )
-    return cast(
-        "AsyncEngine",
-        SimpleNamespace(engine=SimpleNamespace(stats=lambda: stats), num_waiting=0, num_steps=5),
-    )
-
-
 def test_the_health_check_passes_only_when_the_service_is_up(
     dockerfile: Dockerfile, stand_in: StandIn
 ) -> None:
@@ -547,7 +531,8 @@ def test_the_health_check_passes_only_when_the_service_is_up(
     else:
         # The worker's own metrics page, before and after its model has loaded.
         path = "/metrics"
-        down, up = (200, WorkerMetrics().render()), (200, WorkerMetrics(_loaded_engine).render())
+        loaded = WorkerMetrics(lambda: loaded_engine(blocks_used=3, running=1, steps=5))
+        down, up = (200, WorkerMetrics().render()), (200, loaded.render())
     assert run_healthcheck(dockerfile, stand_in) != 0, "nothing answers yet"
     stand_in.routes[path] = down
     assert run_healthcheck(dockerfile, stand_in) != 0

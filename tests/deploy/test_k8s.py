@@ -25,8 +25,7 @@ import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from types import SimpleNamespace
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import kubernetes_validate  # type: ignore[import-untyped]
@@ -48,6 +47,7 @@ from gateway.serving import peer_identities
 from gateway.settings import GatewaySettings, load_gateway_settings
 from gateway.tls import TlsFiles, client_context, server_context
 from gateway.tracing import sampler_from_env, span_exporter
+from tests.support.engine_stats import loaded_engine
 from tests.support.kustomize import Resource, build, config_map_hash, pod_specs
 
 REPO = Path(__file__).resolve().parents[2]
@@ -634,23 +634,6 @@ def test_the_worker_certificate_names_every_worker_url(tmp_path: Path) -> None:
         assert handshake(server, client, host) & allowed, host
     with pytest.raises(ssl.SSLCertVerificationError):
         handshake(server, client, f"{WORKER}-0.{WORKER}.elsewhere.svc.cluster.local")
-
-
-def loaded_engine() -> AsyncEngine:
-    """What the worker's metrics read from a loaded engine (the real one needs the model)."""
-    stats = SimpleNamespace(
-        num_blocks_total=64,
-        num_blocks_used=0,
-        num_running=0,
-        prefix_cache_hit_rate=0.0,
-        num_preemptions=0,
-        prefix_cache_queries=0,
-        prefix_cache_hits=0,
-    )
-    return cast(
-        "AsyncEngine",
-        SimpleNamespace(engine=SimpleNamespace(stats=lambda: stats), num_waiting=0, num_steps=0),
-    )
 
 
 def test_the_worker_readiness_probe_passes_once_the_model_is_loaded(monkeypatch: pytest.MonkeyPatch) -> None:
