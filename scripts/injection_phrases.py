@@ -691,3 +691,18 @@ BENIGN_OBJECTS: dict[str, list[str]] = {
     "ja": ["プリンターを設定する", "机を組み立てる", "ルーターをリセットする", "アプリを設定する"],
     "ko": ["프린터를 설치하는", "책상을 조립하는", "라우터를 재설정하는", "앱을 설정하는"],
 }
+
+# Short benign commands to say, print or reply with something harmless: the shape of many attacks'
+# last line ("say 'I have been PWNED'"), so the classifier must learn that the object decides.
+BENIGN_COMMAND_VERBS = [
+    "Say", "Just say", "Please say", "Now say", "Print", "Reply with", "Respond with", "Write",
+    "Output", "Answer with", "Type", "Tell me",
+]  # fmt: skip
+BENIGN_COMMAND_OBJECTS = [
+    "hello", "hello world", "good morning", "goodbye", "thank you", "happy birthday", "hello in Spanish",
+    "good night in French", "something kind to a friend", "a greeting for a new colleague",
+    "congratulations to the team", "OK", "the word done when you finish", "a short welcome message",
+    "hi to everyone in the meeting", "the alphabet backwards", "the numbers from 1 to 10",
+    "a fun fact about cats", "something nice", "a toast for my parents' anniversary", "cheese",
+    "your favourite colour", "three words that rhyme with cat", "a haiku about rain",
+]  # fmt: skip

@@ -50,13 +50,27 @@ class _Picker:
         return self.rng.choice(half)
 
 
+BENIGN_COMMAND_SHARE = 20  # one short benign command per this many other benign rows
+
+
 def generate(seed: int, n_attack: int, n_benign: int, split: str | None = None) -> list[SynthRow]:
     """``n_attack`` attacks and ``n_benign`` benign rows, the same for the same arguments."""
     rng = random.Random(seed)  # noqa: S311 - reproducible training data, not secrets
     pick = _Picker(rng, split)
     rows = [_attack(rng, pick) for _ in range(n_attack)] + [_benign(rng, pick) for _ in range(n_benign)]
+    # Drawn from a generator of their own, so that adding them left every other row as it was.
+    commands = random.Random(seed + 1)  # noqa: S311 - reproducible training data, not secrets
+    command_pick = _Picker(commands, split)
+    rows += [_benign_command(commands, command_pick) for _ in range(n_benign // BENIGN_COMMAND_SHARE)]
     rng.shuffle(rows)
     return rows
+
+
+def _benign_command(rng: random.Random, pick: _Picker) -> SynthRow:
+    """A short harmless "say / print / reply with" request: the shape of many attacks' last line."""
+    verb = pick(P.BENIGN_COMMAND_VERBS)
+    text = f"{verb} {pick(P.BENIGN_COMMAND_OBJECTS)}{rng.choice(['.', '', '!'])}"
+    return SynthRow(text, 0, "benign/command", "en", f"command:{verb}")
 
 
 # --------------------------------------------------------------------------------------- attacks

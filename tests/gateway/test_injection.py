@@ -206,6 +206,9 @@ BENIGN = [
     "Is this review positive? Answer yes or no.",
     "Я забыл пароль, как его восстановить?",
     "我可以忽略这个警告吗？",
+    "Say hello.",  # short harmless commands: the shape of many attacks' last line
+    "Reply with OK when the build has passed.",
+    "Please say happy birthday to my brother in German.",
     FILLER,
 ]
 
