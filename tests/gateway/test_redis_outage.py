@@ -71,7 +71,7 @@ class Load:
         budget = Budget(requests_per_minute=1_000_000, tokens_per_minute=100_000_000)
         count = 0
         while not self.stop.is_set():
-            started = time.monotonic()
+            started, phase = time.monotonic(), self.phase
             try:
                 reservation = await limiter.reserve(CALLER, budget, 200)
                 _, status = await cache.get_or_compute(SCOPE, POLICY, ENDPOINT, request(count % 4), worker)
@@ -79,7 +79,9 @@ class Load:
             except Exception as exc:  # noqa: BLE001 - every failure is what this test counts
                 self.failures.append(type(exc).__name__)
             else:
-                self.records.append((self.phase, reservation.backend, status, time.monotonic() - started))
+                # A call that spans a change of phase belongs to neither: it saw both states.
+                within = phase if phase == self.phase else "between"
+                self.records.append((within, reservation.backend, status, time.monotonic() - started))
             count += 1
             await asyncio.sleep(0.002 + number * 0.0001)
 
