@@ -18,7 +18,6 @@ import os
 import re
 import shlex
 import shutil
-import ssl
 import subprocess
 import sys
 import typing
@@ -50,6 +49,7 @@ from gateway.settings import ENV_PREFIX as GATEWAY_PREFIX
 from gateway.settings import GatewaySettings, load_gateway_settings
 from gateway.tls import TlsFiles, client_context, server_context
 from gateway.tracing import sampler_from_env, span_exporter, tracing_from_env
+from tests.support.tls_handshake import handshake_in_memory
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_DIR = REPO / "deploy" / "compose"
@@ -752,32 +752,10 @@ def test_the_gateway_and_worker_complete_an_mtls_handshake_with_those_files(
     )
     hostname = urlsplit(upstream.workers[0]).hostname
     assert hostname is not None
-    peer = handshake(client, server, hostname)
-    assert peer_identities(peer) & set(worker.tls.allowed_clients), "the worker would refuse the gateway"
-
-
-def handshake(client: ssl.SSLContext, server: ssl.SSLContext, hostname: str) -> dict[str, Any]:
-    """A TLS handshake in memory; returns the client certificate as the server verified it."""
-    client_in, client_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    server_in, server_out = ssl.MemoryBIO(), ssl.MemoryBIO()
-    client_end = client.wrap_bio(client_in, client_out, server_hostname=hostname)
-    server_end = server.wrap_bio(server_in, server_out, server_side=True)
-    pending = [client_end, server_end]
-    for _ in range(10):
-        for end in list(pending):
-            try:
-                end.do_handshake()
-                pending.remove(end)
-            except ssl.SSLWantReadError:
-                pass
-        server_in.write(client_out.read())
-        client_in.write(server_out.read())
-        if not pending:
-            break
-    assert not pending, "the handshake did not finish"
+    server_end, _ = handshake_in_memory(server, client, hostname)
     peer = server_end.getpeercert()
     assert peer is not None
-    return peer
+    assert peer_identities(peer) & set(worker.tls.allowed_clients), "the worker would refuse the gateway"
 
 
 def test_the_audit_keys_fit_together(gateway_settings: GatewaySettings, volumes: Path) -> None:

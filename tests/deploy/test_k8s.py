@@ -17,11 +17,9 @@ import os
 import re
 import shlex
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
-import threading
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -49,6 +47,7 @@ from gateway.tls import TlsFiles, client_context, server_context
 from gateway.tracing import sampler_from_env, span_exporter
 from tests.support.engine_stats import loaded_engine
 from tests.support.kustomize import Resource, build, config_map_hash, pod_specs
+from tests.support.tls_handshake import handshake_in_memory
 
 REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
@@ -596,28 +595,9 @@ def test_network_policies_name_real_pods_and_ports(overlay: str) -> None:
 
 
 def handshake(server: ssl.SSLContext, client: ssl.SSLContext, hostname: str) -> set[str]:
-    """One TLS handshake over a socket pair; returns the client identities the server saw."""
-    left, right = socket.socketpair()
-    seen: list[set[str]] = []
-
-    def accept() -> None:
-        try:
-            with server.wrap_socket(left, server_side=True) as tls:
-                seen.append(peer_identities(tls.getpeercert()))
-                tls.sendall(b"k")
-        except (ssl.SSLError, OSError):
-            pass
-
-    thread = threading.Thread(target=accept)
-    thread.start()
-    try:
-        with client.wrap_socket(right, server_hostname=hostname) as tls:
-            assert tls.recv(1) == b"k"
-    finally:
-        right.close()
-        thread.join(10)
-        left.close()
-    return seen[0]
+    """One TLS handshake; the client identities the server saw."""
+    server_end, _ = handshake_in_memory(server, client, hostname)
+    return peer_identities(server_end.getpeercert())
 
 
 def test_the_worker_certificate_names_every_worker_url(tmp_path: Path) -> None:

@@ -29,6 +29,7 @@ from gateway.tls_reload import ReloadingContext, TlsReloadStatus, serve_current
 from tests.support.identity import TestIssuer
 from tests.support.ports import free_port
 from tests.support.processes import ServiceProcess
+from tests.support.tls_handshake import handshake_in_memory
 from tests.support.worker import MODEL_NAME, launch_worker
 
 pytestmark = [pytest.mark.model, pytest.mark.slow]
@@ -499,23 +500,9 @@ def test_broken_replacement_keeps_the_last_good_context_and_fails_no_request(
 
 
 def memory_handshake(server: ssl.SSLContext, client: ssl.SSLContext) -> int:
-    """A TLS handshake through memory buffers: the server certificate's serial, or ``ssl.SSLError``
-    from the side that refused (in TLS 1.3 the server judges the client's certificate last)."""
-    server_in, server_out, client_in, client_out = (ssl.MemoryBIO() for _ in range(4))
-    server_side = server.wrap_bio(server_in, server_out, server_side=True)
-    client_side = client.wrap_bio(client_in, client_out, server_hostname="localhost")
-    waiting = [client_side, server_side]
-    for _ in range(10):
-        for side in list(waiting):
-            try:
-                side.do_handshake()
-                waiting.remove(side)
-            except ssl.SSLWantReadError:
-                pass
-            server_in.write(client_out.read())
-            client_in.write(server_out.read())
-    assert not waiting, "the handshake stalled"
-    der = client_side.getpeercert(binary_form=True)
+    """The serial of the certificate the server presented, or the refusing side's ``ssl.SSLError``."""
+    _, client_end = handshake_in_memory(server, client)
+    der = client_end.getpeercert(binary_form=True)
     assert der is not None
     return x509.load_der_x509_certificate(der).serial_number
 
