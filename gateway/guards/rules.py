@@ -88,6 +88,7 @@ class RuleSet:
     def __init__(self, rules: tuple[Rule, ...], *, prefilter: bool = True) -> None:
         self.rules = rules
         self._always: set[re.Pattern[str]] = set()
+        self._prefixes: dict[re.Pattern[str], frozenset[str]] = {}
         by_prefix: dict[str, set[re.Pattern[str]]] = {}
         for rule in rules:
             for pattern in rule.patterns:
@@ -95,6 +96,7 @@ class RuleSet:
                 if prefixes is None:
                     self._always.add(pattern)
                     continue
+                self._prefixes[pattern] = prefixes
                 for prefix in prefixes:
                     by_prefix.setdefault(prefix, set()).add(pattern)
         # Index prefixes by their first two or three characters: one set intersection with the text's
@@ -124,12 +126,31 @@ class RuleSet:
             for pattern in rule.patterns:
                 if pattern not in active:
                     continue
-                match = pattern.search(text)
+                match = self._first_match(pattern, text)
                 if match is not None:
                     start, end = match.span()
                     hits.append(RuleHit(rule, start, end, _is_mention(text, start, end)))
                     break
         return hits
+
+    def _first_match(self, pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
+        """The leftmost match, as ``pattern.search`` finds it. Every match starts with one of the
+        pattern's literal prefixes, so it is tried only where one occurs: a handful of anchored
+        attempts instead of one at every position of the text."""
+        prefixes = self._prefixes.get(pattern)
+        if prefixes is None:
+            return pattern.search(text)
+        starts: set[int] = set()
+        for prefix in prefixes:
+            at = text.find(prefix)
+            while at >= 0:
+                starts.add(at)
+                at = text.find(prefix, at + 1)
+        for start in sorted(starts):
+            match = pattern.match(text, start)  # lookbehinds and \b still see what precedes
+            if match is not None:
+                return match
+        return None
 
     def all_spans(self, text: str) -> list[tuple[int, int]]:
         """Every matched span in ``text``, merged where they overlap."""
