@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import random
 import re
 import threading
 import time
@@ -73,7 +74,7 @@ bindings:
 roles:
   member:
     models: ["fake-*"]
-    max_tokens: 4096
+    max_tokens: 1000000000  # generated bodies ask for any size; a cap would refuse most of them
     sampling: {temperature_max: 2.0, n_max: 16}
 """
 # What an error body must never carry: a Python traceback, a source location, an installed path.
@@ -290,6 +291,7 @@ class FuzzedGateway:
             report.record(response.status_code, failures)
 
         started = time.perf_counter()
+        random.seed(seed)  # schemathesis draws some values from `random`: seed it too, for a repeatable run
         with warnings.catch_warnings():
             # schemathesis' own strategies draw from `random`; Hypothesis warns, nothing of ours to fix.
             warnings.filterwarnings("ignore", "Do not use the `random` module", HypothesisDeprecationWarning)
