@@ -9,28 +9,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, field_validator
 
 from backend.engine.sampling_params import SamplingParams
-from gateway.openai_api import (
-    StreamOptions,
-    TextPart,
-    check_one_prompt,
-    check_stop_strings,
-    no_type_juggling,
-)
+from gateway.openai_api import RequestModel, StreamOptions, TextPart, check_one_prompt, check_stop_strings
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _no_type_juggling(cls, value: Any, info: ValidationInfo) -> Any:
-        return no_type_juggling(cls, value, info.field_name or "")
-
-
-class ChatMessage(_Strict):
+class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(default=None, max_length=256)
@@ -44,7 +29,7 @@ class ChatMessage(_Strict):
         return "".join(part.text for part in self.content)
 
 
-class _Sampling(_Strict):
+class _Sampling(RequestModel):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float = Field(default=1.0, ge=0.0, le=2.0)

@@ -7,11 +7,8 @@ are started by the test suite's helpers (tests/support), the same code the end-t
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench._soak_mix import MODEL
 from bench.gateway_overhead import child_pids
 from gateway.pki import init_pki
-from tests.support.audit_keys import audit_settings
+from tests.support.audit_keys import audit_settings, verify_audit
 from tests.support.gateway import start_gateway, upstream
 from tests.support.identity import TestIssuer
 from tests.support.ports import free_port
@@ -78,8 +75,7 @@ TOKEN_TTL_S = 24 * 3600
 class SoakStack:
     url: str
     tokens: dict[str, str]  # caller -> bearer token
-    audit_dir: Path
-    signing_public_key: Path
+    audit_root: Path  # the layout of tests.support.audit_keys: keys/ and audit/
     gateway: ServiceProcess
     worker: ServiceProcess
     redis: RedisServer
@@ -99,21 +95,6 @@ def _pid(service: ServiceProcess) -> int:
     return service.process.pid
 
 
-@contextmanager
-def _environment(values: Mapping[str, str]) -> Iterator[None]:
-    """These variables for the processes started inside the block (each copies os.environ)."""
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
-
-
 def _start_sink(root: Path, stack: ExitStack) -> str:
     port = free_port()
     sink = ServiceProcess.python_module("bench._otlp_sink", "--port", str(port), log_path=root / "sink.log")
@@ -131,7 +112,8 @@ def soak_stack(root: Path) -> Iterator[SoakStack]:
     policies = root / "policies"
     policies.mkdir()
     (policies / "soak.yaml").write_text(POLICY)
-    audit = audit_settings(root / "audit-root")
+    audit_root = root / "audit-root"
+    audit = audit_settings(audit_root)
     with ExitStack() as stack:
         redis = RedisServer(root / "redis").start()
         stack.callback(redis.stop)
@@ -139,12 +121,11 @@ def soak_stack(root: Path) -> Iterator[SoakStack]:
         stack.callback(worker.stop)
         sink_url = _start_sink(root, stack)
         tracing = {"OTEL_EXPORTER_OTLP_ENDPOINT": sink_url, "OTEL_SERVICE_NAME": "warden-gateway-soak"}
-        with _environment(tracing):
-            gateway, url = start_gateway(
-                root / "gateway", issuers=[issuer.settings()], policy_dir=policies,
-                upstreams=[upstream(pki, "local", [MODEL], [worker_url])],
-                redis={"url": redis.url}, audit=audit, graceful_shutdown_s=10,
-            )  # fmt: skip
+        gateway, url = start_gateway(
+            root / "gateway", issuers=[issuer.settings()], policy_dir=policies,
+            upstreams=[upstream(pki, "local", [MODEL], [worker_url])],
+            redis={"url": redis.url}, audit=audit, graceful_shutdown_s=10, env=tracing,
+        )  # fmt: skip
         stack.callback(gateway.stop)
         # Ready: the worker is healthy in the gateway's eyes, Redis and the audit log are up.
         gateway.wait_until(lambda: httpx.get(f"{url}/readyz", timeout=5).is_success, 60)
@@ -152,8 +133,7 @@ def soak_stack(root: Path) -> Iterator[SoakStack]:
             caller: issuer.mint(sub=f"{caller}-user", ttl_s=TOKEN_TTL_S, groups=[group], org=tenant)
             for caller, (group, tenant) in CALLERS.items()
         }
-        signing_public = Path(audit["signing_key"]).parent / "signing-public.pem"
-        yield SoakStack(url, tokens, Path(audit["directory"]), signing_public, gateway, worker, redis)
+        yield SoakStack(url, tokens, audit_root, gateway, worker, redis)
 
 
 def scrape_counters(metrics_text: str, prefix: str) -> dict[tuple[tuple[str, str], ...], float]:
@@ -169,13 +149,9 @@ def scrape_counters(metrics_text: str, prefix: str) -> dict[tuple[tuple[str, str
 _VERIFIED = re.compile(r"ok: (\d+) segments, (\d+) records")
 
 
-def verify_audit(stack: SoakStack) -> tuple[int | None, str]:
+def verified_records(stack: SoakStack) -> tuple[int | None, str]:
     """``python -m gateway audit verify``: how many records it vouches for (None: failed), its output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "gateway", "audit", "verify", str(stack.audit_dir),
-         "--signing-key", str(stack.signing_public_key)],
-        capture_output=True, text=True, timeout=600, check=False,
-    )  # fmt: skip
+    done = verify_audit(stack.audit_root)
     output = (done.stdout + done.stderr).strip()
     match = _VERIFIED.search(done.stdout)
     return (int(match.group(2)) if done.returncode == 0 and match else None), output

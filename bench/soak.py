@@ -54,7 +54,7 @@ from bench._soak_mix import (
     schedule,
     unexpected,
 )
-from bench._soak_stack import SoakStack, scrape_counters, soak_stack, verify_audit
+from bench._soak_stack import SoakStack, scrape_counters, soak_stack, verified_records
 
 # The CPU worker serves about 10 short chat completions a second on this 2-core machine while the
 # gateway and the client share it; 4 req/s sends it under 2 (the rest are cache hits, blocks and
@@ -236,7 +236,7 @@ def run_soak(root: Path, config: SoakConfig) -> SoakReport:
         results = asyncio.run(_run_load(stack, config, sampler))
         metrics = httpx.get(f"{stack.url}/metrics", timeout=30).text
         stack.gateway.stop()  # closes the audit log: the last checkpoint is signed
-        records, output = verify_audit(stack)
+        records, output = verified_records(stack)
     end = config.warmup_s + config.duration_s
     first = (config.warmup_s, config.warmup_s + config.window_s)
     memory = growth(sampler.samples, first, (end - config.window_s, end))

@@ -9,6 +9,7 @@ to workers that support them. The worker builds its own stricter models from the
 
 from __future__ import annotations
 
+import functools
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
@@ -16,15 +17,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 MAX_STOP_STRINGS = 8
 
 
-def _scalar_kinds(annotation: Any) -> set[type]:
-    return {kind for kind in (get_args(annotation) or (annotation,)) if kind in (bool, int, float)}
+@functools.cache
+def _scalar_kinds(model: type[BaseModel], field_name: str) -> frozenset[type]:
+    """Which of bool, int and float the field's type admits: worked out once per field, not per request."""
+    annotation = model.model_fields[field_name].annotation
+    return frozenset(kind for kind in (get_args(annotation) or (annotation,)) if kind in (bool, int, float))
 
 
 def no_type_juggling(model: type[BaseModel], value: Any, field_name: str) -> Any:
     """Refuse what pydantic's lax mode would convert: JSON ``true`` is not the number 1, ``"16"`` is
     not 16 and 1 is not ``true``, as in the OpenAI API. Numbers stay numbers (1.0 is a valid
     integer, as JSON Schema has it), which pydantic's strict mode would refuse."""
-    kinds = _scalar_kinds(model.model_fields[field_name].annotation)
+    kinds = _scalar_kinds(model, field_name)
     if kinds == {bool} and value is not None and not isinstance(value, bool):
         raise ValueError("Input should be true or false")
     if kinds and bool not in kinds and isinstance(value, bool | str):
@@ -32,7 +36,9 @@ def no_type_juggling(model: type[BaseModel], value: Any, field_name: str) -> Any
     return value
 
 
-class _Strict(BaseModel):
+class RequestModel(BaseModel):
+    """The base of every request shape, here and in the worker: unknown fields refused, no type juggling."""
+
     model_config = ConfigDict(extra="forbid")
 
     @field_validator("*", mode="before")
@@ -61,12 +67,12 @@ def check_one_prompt(value: str | list[int] | list[str]) -> str | list[int] | li
     return value
 
 
-class TextPart(_Strict):
+class TextPart(RequestModel):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(_Strict):
+class ChatMessage(RequestModel):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = Field(default=None, max_length=256)
@@ -81,11 +87,11 @@ class ChatMessage(_Strict):
         return sum(len(part.text) for part in self.content)
 
 
-class StreamOptions(_Strict):
+class StreamOptions(RequestModel):
     include_usage: bool = False
 
 
-class _Sampling(_Strict):
+class _Sampling(RequestModel):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int | None = Field(default=None, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)

@@ -55,8 +55,7 @@ def _utcnow() -> dt.datetime:
 
 @dataclass(frozen=True, slots=True)
 class TlsReloadStatus:
-    generation: int  # 0 = the files loaded at start
-    reloads_ok: int
+    generation: int  # successful reloads so far: 0 = the files loaded at start
     reloads_failed: int
     last_error: str | None
     not_after: str | None  # the expiry of the certificate in use, ISO 8601
@@ -87,7 +86,7 @@ class ReloadingContext:
             self._not_after = check_material(files, now=utcnow())
         except TlsMaterialError as exc:
             logger.warning("tls material in use fails its check", extra={"tls": label, "reason": str(exc)})
-        self.generation = self.reloads_ok = self.reloads_failed = 0
+        self.generation = self.reloads_failed = 0
         self.last_error: str | None = None
         self._refused: tuple[Fingerprint, str] | None = None
         self._expiry_reported = False
@@ -100,9 +99,7 @@ class ReloadingContext:
 
     def status(self) -> TlsReloadStatus:
         not_after = self._not_after.isoformat() if self._not_after is not None else None
-        return TlsReloadStatus(
-            self.generation, self.reloads_ok, self.reloads_failed, self.last_error, not_after
-        )
+        return TlsReloadStatus(self.generation, self.reloads_failed, self.last_error, not_after)
 
     def poll_if_due(self) -> bool:
         """Poll when ``interval_s`` has passed since the last poll (never when it is 0)."""
@@ -130,7 +127,6 @@ class ReloadingContext:
                 return False  # replaced while being read: the next poll reads the finished set
             self._context, self._stamp, self._not_after = context, stamp, not_after
             self.generation += 1
-            self.reloads_ok += 1
             self.last_error, self._refused, self._expiry_reported = None, None, False
             logger.info(
                 "tls material reloaded",

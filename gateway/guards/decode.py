@@ -149,7 +149,7 @@ def _morse(token: str) -> str | None:
 
 
 def _binary(token: str) -> str | None:
-    digits = re.sub(r"[ ,]", "", token)
+    digits = token.replace(" ", "").replace(",", "")
     return _utf8(int(digits, 2).to_bytes(len(digits) // 8, "big"))
 
 

@@ -8,11 +8,9 @@ bounded, so a hang is an outcome the test sees, and the audit log is checked req
 from __future__ import annotations
 
 import asyncio
-import json
 import resource
 import ssl
 import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
@@ -24,7 +22,7 @@ import httpx
 import pytest
 
 from gateway.pki import PkiPaths
-from tests.support.audit_keys import audit_settings
+from tests.support.audit_keys import audit_settings, read_audit, verify_audit
 from tests.support.gateway import start_gateway, upstream
 from tests.support.identity import TestIssuer
 from tests.support.load import Body, Load, Outcome, eventually, exchange, scrape
@@ -116,22 +114,12 @@ class Stack:
         return self.issuer.mint(groups=[group], org=org)
 
     def verify(self) -> subprocess.CompletedProcess[str]:
-        keys = self.root / "keys"
-        return gateway_cli(
-            "audit", "verify", str(self.root / "audit"), "--signing-key", str(keys / "signing-public.pem")
-        )
+        return verify_audit(self.root)
 
     def records(self) -> dict[str, list[dict[str, Any]]]:
         """The decrypted records by request id (a list each, so duplicates show)."""
-        keys = self.root / "keys"
-        done = gateway_cli(
-            "audit", "read", str(self.root / "audit"), "--key", str(keys / "auditor-key.pem"),
-            "--passphrase-file", str(keys / "passphrase"), "--format", "jsonl",
-        )  # fmt: skip
-        assert done.returncode == 0, done.stderr
         by_id: dict[str, list[dict[str, Any]]] = {}
-        for line in filter(str.strip, done.stdout.splitlines()):
-            record = json.loads(line)
+        for record in read_audit(self.root):
             by_id.setdefault(record["request_id"], []).append(record)
         return by_id
 
@@ -186,12 +174,6 @@ def shared(pki: PkiPaths, workers: Workers, tmp_path_factory: pytest.TempPathFac
     finally:
         redis.stop()
         stack.stop()
-
-
-def gateway_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 def mixed(*, tokens: int = 24, repeat: int | None = None) -> Body:

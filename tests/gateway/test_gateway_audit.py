@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +15,7 @@ import httpx
 import pytest
 
 from gateway.pki import PkiPaths
+from tests.support.audit_keys import gateway_cli
 from tests.support.fake_worker import start_fake_worker
 from tests.support.gateway import start_gateway, upstream
 from tests.support.identity import TestIssuer
@@ -34,12 +34,6 @@ roles:
 """
 MARKER = "zebra-marker-4711"
 PASSPHRASE = "correct horse battery staple"
-
-
-def gateway_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=60, check=False
-    )
 
 
 @dataclass

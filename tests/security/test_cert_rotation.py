@@ -560,4 +560,4 @@ def test_refused_replacement_is_reported_once_and_retried_until_fixed(
 
     mount.issue([rotation.old], good)
     assert source.poll() and source.context is not in_use
-    assert source.status() == TlsReloadStatus(1, 1, 1, None, source.status().not_after)
+    assert source.status() == TlsReloadStatus(1, 1, None, source.status().not_after)

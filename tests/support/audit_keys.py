@@ -1,7 +1,9 @@
-"""Audit keys made by the real CLI (``python -m gateway audit keygen``) and the gateway's audit settings."""
+"""Audit keys made by the real CLI (``python -m gateway audit keygen``), the gateway's audit settings,
+and the auditors' ``audit verify`` / ``audit read`` on the log those settings write."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -18,9 +20,7 @@ def audit_settings(root: Path, passphrase: str = PASSPHRASE) -> dict[str, Any]:
     passphrase_file = keys / "passphrase"
     passphrase_file.write_text(passphrase)
     command = ["audit", "keygen", str(keys), "--passphrase-file", str(passphrase_file)]
-    made = subprocess.run(
-        [sys.executable, "-m", "gateway", *command], capture_output=True, text=True, timeout=60, check=False
-    )
+    made = gateway_cli(*command)
     if made.returncode != 0:
         raise RuntimeError(f"audit keygen failed: {made.stderr}")
     return {
@@ -29,3 +29,27 @@ def audit_settings(root: Path, passphrase: str = PASSPHRASE) -> dict[str, Any]:
         "signing_key": str(keys / "signing-key.pem"),
         "hmac_key": HMAC_KEY,
     }
+
+
+def gateway_cli(*args: str, timeout_s: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS``, its output captured; the caller checks the exit status."""
+    command = [sys.executable, "-m", "gateway", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, check=False)
+
+
+def verify_audit(root: Path) -> subprocess.CompletedProcess[str]:
+    """``audit verify`` of the log that ``audit_settings(root)`` configures."""
+    signing_public = root / "keys" / "signing-public.pem"
+    return gateway_cli("audit", "verify", str(root / "audit"), "--signing-key", str(signing_public))
+
+
+def read_audit(root: Path) -> list[dict[str, Any]]:
+    """Every record of that log, decrypted with the auditors' key (``audit read --format jsonl``)."""
+    keys = root / "keys"
+    done = gateway_cli(
+        "audit", "read", str(root / "audit"), "--key", str(keys / "auditor-key.pem"),
+        "--passphrase-file", str(keys / "passphrase"), "--format", "jsonl",
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"audit read failed: {done.stderr}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.strip()]

@@ -25,9 +25,11 @@ def upstream(pki: PkiPaths, name: str, models: list[str], workers: list[str], **
 
 def start_gateway(
     directory: Path, *, issuers: list[dict[str, Any]], policy_dir: Path, upstreams: list[dict[str, Any]],
-    file_size_limit: int | None = None, **extra: Any,
+    file_size_limit: int | None = None, env: dict[str, str] | None = None, **extra: Any,
 ) -> tuple[ServiceProcess, str]:  # fmt: skip
     """Write the settings file, start ``python -m gateway serve`` and wait for /healthz.
+
+    ``env`` adds variables to the gateway's environment (``OTEL_*`` for tracing, for one).
 
     Without a ``redis`` section the gateway points at a port where nothing listens: it runs
     degraded (cache bypassed, limits in process) and never touches a Redis of the machine's.
@@ -47,7 +49,9 @@ def start_gateway(
     path.write_text(json.dumps(config))
     log_path = directory / f"gateway-{port}.log"
     if file_size_limit is None:
-        process = ServiceProcess.python_module("gateway", "serve", "--config", str(path), log_path=log_path)
+        process = ServiceProcess.python_module(
+            "gateway", "serve", "--config", str(path), log_path=log_path, env=env
+        )
     else:
         # A full disk, as the gateway sees it: writes past the limit fail with EFBIG (Python ignores
         # SIGXFSZ), for the audit segments and everything else the process writes.
@@ -57,7 +61,7 @@ def start_gateway(
             "sys.argv = ['gateway', *sys.argv[1:]]; runpy.run_module('gateway', run_name='__main__')"
         )
         args = [sys.executable, "-c", launcher, "serve", "--config", str(path)]
-        process = ServiceProcess(args, log_path=log_path)
+        process = ServiceProcess(args, log_path=log_path, env=env)
     process.start()
     url = f"http://127.0.0.1:{port}"
     process.wait_http(f"{url}/healthz", timeout_s=60)
