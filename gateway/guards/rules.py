@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
+import ahocorasick
 import yaml
 from pydantic import Field, ValidationError
 
@@ -42,7 +43,6 @@ _MENTION_CUE = re.compile(
     r"saying|says|said|wrote|writes|the (?:string|text|sentence|words?))\W{0,6}$"
 )
 _MENTION_WINDOW = 60
-_KEY = 3  # characters of a literal prefix used to index it
 _QUOTES = "\"'“”‘’«»`"
 _QUOTED_TAIL = 24  # the closing quote comes soon after the match: a quoted phrase, not a paragraph
 
@@ -80,81 +80,68 @@ class RuleHit:
 class RuleSet:
     """Compiled rules; ``first_hits`` for scoring, ``all_spans`` for sanitizing.
 
-    A pattern runs only when one of the literal strings every match must start with occurs in the
-    text (a substring test is about a hundred times cheaper than a regex search that cannot skip
-    ahead); patterns without such a prefix always run.
+    A pattern runs only where one of the literal strings every match must start with occurs in the
+    text: one Aho-Corasick pass finds every occurrence of every prefix, and each pattern is tried
+    anchored at its own occurrences instead of searched from every position. Patterns without such
+    a prefix are searched in full.
     """
 
     def __init__(self, rules: tuple[Rule, ...], *, prefilter: bool = True) -> None:
         self.rules = rules
         self._always: set[re.Pattern[str]] = set()
-        self._prefixes: dict[re.Pattern[str], frozenset[str]] = {}
+        # Where each pattern is used, as (position in the file, rule index, pattern): patterns are tried
+        # in file order, so a rule's hit is its first matching pattern's. Equal patterns are one object.
+        self._uses: dict[re.Pattern[str], list[tuple[int, int, re.Pattern[str]]]] = {}
         by_prefix: dict[str, set[re.Pattern[str]]] = {}
-        for rule in rules:
+        position = 0
+        for rule_index, rule in enumerate(rules):
             for pattern in rule.patterns:
+                self._uses.setdefault(pattern, []).append((position, rule_index, pattern))
+                position += 1
+                if len(self._uses[pattern]) > 1:
+                    continue
                 prefixes = literal_prefixes(pattern.pattern) if prefilter else None
                 if prefixes is None:
                     self._always.add(pattern)
                     continue
-                self._prefixes[pattern] = prefixes
                 for prefix in prefixes:
                     by_prefix.setdefault(prefix, set()).add(pattern)
-        # Index prefixes by their first two or three characters: one set intersection with the text's
-        # own bigrams and trigrams finds the few prefixes worth a substring test.
-        self._by_start: dict[str, list[tuple[str, frozenset[re.Pattern[str]]]]] = {}
-        for prefix, patterns in by_prefix.items():
-            key = prefix[:_KEY]
-            self._by_start.setdefault(key, []).append((prefix, frozenset(patterns)))
-        self._short_keys = {key for key in self._by_start if len(key) < _KEY}
+        self._automaton: ahocorasick.Automaton | None = None
+        if by_prefix:
+            automaton = ahocorasick.Automaton()
+            for prefix, patterns in by_prefix.items():
+                automaton.add_word(prefix, (len(prefix) - 1, tuple(patterns)))
+            automaton.make_automaton()
+            self._automaton = automaton
 
-    def _candidates(self, text: str) -> set[re.Pattern[str]]:
-        active = set(self._always)
-        grams = {text[i : i + _KEY] for i in range(len(text) - _KEY + 1)}
-        if self._short_keys:
-            grams |= {text[i : i + _KEY - 1] for i in range(len(text) - _KEY + 2)} & self._short_keys
-        for key in grams & self._by_start.keys():
-            for prefix, patterns in self._by_start[key]:
-                if len(prefix) <= _KEY or prefix in text:
-                    active |= patterns
-        return active
+    def _starts(self, text: str) -> dict[re.Pattern[str], list[int]]:
+        """Where each prefixed pattern could match: the start of every occurrence of its prefixes."""
+        starts: dict[re.Pattern[str], list[int]] = {}
+        if self._automaton is None:
+            return starts
+        for end, (back, patterns) in self._automaton.iter(text):
+            for pattern in patterns:
+                starts.setdefault(pattern, []).append(end - back)
+        return starts
 
     def first_hits(self, text: str) -> list[RuleHit]:
         """The first match of each rule that matches ``text`` (a detection text)."""
-        active = self._candidates(text)
-        hits = []
-        for rule in self.rules:
-            for pattern in rule.patterns:
-                if pattern not in active:
-                    continue
-                match = self._first_match(pattern, text)
-                if match is not None:
-                    start, end = match.span()
-                    hits.append(RuleHit(rule, start, end, _is_mention(text, start, end)))
-                    break
-        return hits
-
-    def _first_match(self, pattern: re.Pattern[str], text: str) -> re.Match[str] | None:
-        """The leftmost match, as ``pattern.search`` finds it. Every match starts with one of the
-        pattern's literal prefixes, so it is tried only where one occurs: a handful of anchored
-        attempts instead of one at every position of the text."""
-        prefixes = self._prefixes.get(pattern)
-        if prefixes is None:
-            return pattern.search(text)
-        starts: set[int] = set()
-        for prefix in prefixes:
-            at = text.find(prefix)
-            while at >= 0:
-                starts.add(at)
-                at = text.find(prefix, at + 1)
-        for start in sorted(starts):
-            match = pattern.match(text, start)  # lookbehinds and \b still see what precedes
+        starts = self._starts(text)
+        uses = sorted(use for pattern in (*self._always, *starts) for use in self._uses[pattern])
+        hits: dict[int, RuleHit] = {}
+        for _, rule_index, pattern in uses:
+            if rule_index in hits:
+                continue  # an earlier pattern of the rule matched: one hit per rule
+            at = starts.get(pattern)
+            match = pattern.search(text) if at is None else _first_match(pattern, text, at)
             if match is not None:
-                return match
-        return None
+                start, end = match.span()
+                hits[rule_index] = RuleHit(self.rules[rule_index], start, end, _is_mention(text, start, end))
+        return [hits[index] for index in sorted(hits)]
 
     def all_spans(self, text: str) -> list[tuple[int, int]]:
         """Every matched span in ``text``, merged where they overlap."""
-        active = self._candidates(text)
+        active = self._always | self._starts(text).keys()
         spans = sorted(m.span() for pattern in active for m in pattern.finditer(text))
         merged: list[tuple[int, int]] = []
         for start, end in spans:
@@ -165,6 +152,15 @@ class RuleSet:
             else:
                 merged.append((start, end))
         return merged
+
+
+def _first_match(pattern: re.Pattern[str], text: str, starts: list[int]) -> re.Match[str] | None:
+    """The leftmost match, as ``pattern.search`` finds it: every match starts at one of ``starts``."""
+    for start in sorted(set(starts)):
+        match = pattern.match(text, start)  # lookbehinds and \b still see what precedes
+        if match is not None:
+            return match
+    return None
 
 
 def _is_mention(text: str, start: int, end: int) -> bool:
