@@ -1,4 +1,4 @@
-"""Folding for detection only: accents, look-alike letters from other scripts, and leetspeak.
+"""Folding for detection only: accents, look-alike letters from other scripts, leetspeak, scrambled words.
 
 Every mapping is one character to one character, so spans found in the folded text are spans of the
 original. Look-alikes are folded only where they disguise Latin text (a word mixing scripts, or a
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import re
 import unicodedata
+
+from gateway.guards.scrambled import unscramble
 
 
 def _accent_table() -> dict[int, str]:
@@ -59,12 +61,13 @@ def fold_accents(text: str) -> str:
 
 
 def fold_words(text: str, signals: set[str]) -> str:
-    """Fold leetspeak words, and look-alike letters used to disguise Latin words (adds "confusables")."""
+    """Fold leetspeak words, look-alike letters used to disguise Latin words (adds "confusables") and
+    scrambled spellings of attack words."""
     if not text.isascii() and _HAS_LOOKALIKE.search(text):
         text = _fold_lookalikes(text, signals)
     if any(ch in text for ch in "0134579@$"):
         text = _LEET_WORD.sub(lambda m: m.group().translate(_LEET), text)
-    return text
+    return unscramble(text)
 
 
 def fold_pattern(pattern: str) -> str:
