@@ -17,6 +17,7 @@ from backend.engine.scheduler import ScheduledSeq, SchedulerOutput
 from backend.layers.attention import (
     AttentionMetadata,
     DecodeGroup,
+    LayerCache,
     PrefillSpan,
     causal_mask_with_context,
     gather_index,
@@ -54,7 +55,7 @@ class ModelRunner:
             dtype=model.dtype,
             device=self.device,
         )
-        self.kv_caches = list(self.kv_cache.unbind(0))
+        self.kv_caches = [LayerCache.of(layer) for layer in self.kv_cache.unbind(0)]
         self._row_shape = (block_size, cfg.head_dim)
         self._gather_k = torch.empty((0, *self._row_shape), dtype=model.dtype, device=self.device)
         self._gather_v = torch.empty_like(self._gather_k)

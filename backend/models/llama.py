@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from backend.layers.attention import AttentionMetadata, paged_attention
+from backend.layers.attention import AttentionMetadata, LayerCache, paged_attention
 from backend.layers.linear import Linear
 from backend.layers.norm import rms_norm
 from backend.layers.rotary import RotaryEmbedding
@@ -93,7 +93,7 @@ class LlamaForCausalLM:
         self,
         input_ids: torch.Tensor,
         positions: torch.Tensor,
-        kv_caches: list[torch.Tensor],
+        kv_caches: list[LayerCache],
         meta: AttentionMetadata,
         logits_indices: torch.Tensor,
     ) -> torch.Tensor:
