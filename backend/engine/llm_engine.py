@@ -16,6 +16,7 @@ from backend.engine.output import RequestOutput, RequestState, SeqOutputState
 from backend.engine.sampling_params import SamplingParams
 from backend.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from backend.engine.sequence import Sequence
+from backend.layers.precision import native_matmul
 from backend.layers.sampler import Sampler, SamplingState, TokenLogprobs
 from backend.loader import load_checkpoint, resolve_model_path
 from backend.loader.tokenizer import TokenizerBundle
@@ -87,7 +88,7 @@ def resolve_dtype(name: DTypeName, device: torch.device) -> torch.dtype:
     # auto: bfloat16 where the hardware computes it natively (AVX512-BF16/AMX via oneDNN), else float32.
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    return torch.bfloat16 if native_matmul(torch.bfloat16, device.type) else torch.float32
 
 
 def resolve_device(name: str) -> torch.device:

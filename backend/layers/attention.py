@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from backend.layers.precision import native_matmul
+
 
 @dataclass(slots=True)
 class DecodeGroup:
@@ -49,13 +51,17 @@ class LayerCache:
     v_slots: torch.Tensor
     k_rows: torch.Tensor  # [kv_heads * num_blocks, block_size, head_dim]: gathered by block
     v_rows: torch.Tensor
+    # Decode attention's small matmuls in float32: low-precision bmm without native support is a slow
+    # generic loop (4x slower than widening keys and values at 512 tokens of context, measured).
+    widen: bool
 
     @classmethod
     def of(cls, kv: torch.Tensor) -> LayerCache:
         _, kv_heads, num_blocks, block_size, dim = kv.shape
         slots = kv.view(2, kv_heads, num_blocks * block_size, dim)
         rows = kv.view(2, kv_heads * num_blocks, block_size, dim)
-        return cls(kv, slots[0], slots[1], rows[0], rows[1])
+        widen = not native_matmul(kv.dtype, kv.device.type)
+        return cls(kv, slots[0], slots[1], rows[0], rows[1], widen)
 
 
 @dataclass(slots=True)
@@ -116,9 +122,7 @@ def _decode(
     values = values.view(rows * kv_heads, group.max_len, dim)
     # Query heads sharing a kv head become the rows of one small matmul against that head's keys.
     queries = (q * scale).reshape(rows * kv_heads, group_size, dim)
-    if q.dtype != torch.float32 and q.device.type == "cpu":
-        # Without native low-precision matmul (AVX2), bfloat16 bmm is a slow generic loop: 4x slower
-        # than widening keys and values to float32 at 512 tokens of context (measured).
+    if cache.widen:
         keys, values, queries = keys.float(), values.float(), queries.float()
     scores = torch.bmm(queries, keys.transpose(1, 2)).float().view(rows, kv_heads, group_size, group.max_len)
     probs = torch.softmax(scores + group.mask, dim=-1).to(values.dtype)

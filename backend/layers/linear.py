@@ -21,6 +21,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from backend.layers.precision import native_matmul
+
 logger = logging.getLogger(__name__)
 
 _TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-2}
@@ -43,11 +45,7 @@ class Linear:
         self.packed = _pack(weight, bias)
         # Keep only one copy of the weight: the packed one when it exists.
         self.weight: torch.Tensor | None = None if self.packed is not None else weight
-        self.upcast = (
-            self.packed is None
-            and weight.device.type == "cpu"
-            and weight.dtype in (torch.bfloat16, torch.float16)
-        )
+        self.upcast = self.packed is None and not native_matmul(weight.dtype, weight.device.type)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.packed is not None:
@@ -77,7 +75,7 @@ def _pack(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor | Non
         return None
     if weight.dtype not in _TOLERANCE:
         return None
-    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if not native_matmul(weight.dtype, "cpu"):
         return None
     try:
         packed: torch.Tensor = torch.ops.mkldnn._reorder_linear_weight(weight)

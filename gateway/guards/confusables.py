@@ -1,8 +1,9 @@
 """Folding for detection only: accents, look-alike letters from other scripts, leetspeak, scrambled words.
 
-Every mapping is one character to one character, so spans found in the folded text are spans of the
-original. Look-alikes are folded only where they disguise Latin text (a word mixing scripts, or a
-message that is mostly Latin), so Russian or Greek text stays as written and its own rules still match.
+Every fold keeps the length (a character for a character, a scrambled word for its correct
+spelling), so spans found in the folded text are spans of the original. Look-alikes are folded
+only where they disguise Latin text (a word mixing scripts, or a message that is mostly Latin), so
+Russian or Greek text stays as written and its own rules still match.
 """
 
 # Look-alike letters from other scripts are what this file is about.
