@@ -49,6 +49,7 @@ roles:
     budget: {requests_per_minute: 3}
 """
 CLIENTS = 8
+STREAM_TOKENS = 32
 INTERRUPTED = "upstream_stream_interrupted"
 # What a client saw, as (streamed, status, error code): answered, or refused because nothing could record it.
 ANSWERED = {(False, 200, None), (True, 200, None)}
@@ -176,13 +177,14 @@ def shared(pki: PkiPaths, workers: Workers, tmp_path_factory: pytest.TempPathFac
         stack.stop()
 
 
-def mixed(*, tokens: int = 24, repeat: int | None = None) -> Body:
-    """Alternating streaming and whole requests; streams run longer, so some are mid-way at any time.
+def mixed(*, tokens: int = 24, repeat: int | None = None, whole_every: int = 2) -> Body:
+    """Streaming requests with a whole one every ``whole_every``; streams run longer, so some are
+    mid-way at any time.
 
     With ``repeat``, each client cycles through that many prompts (so the cache can hit)."""
 
     def body(client: int, n: int) -> dict[str, Any]:
-        stream = (client + n) % 2 == 0
+        stream = (client + n) % whole_every != 1
         tag = f"{n % repeat}" if repeat else f"{client}.{n}"
         return {
             "model": MODEL_NAME,
@@ -232,7 +234,7 @@ def expected_record(outcome: Outcome) -> tuple[int | None, str | None]:
 
 def test_a_killed_worker_fails_over_and_ends_its_streams_cleanly(shared: Shared) -> None:
     victim = shared.workers.victim_url
-    load = Load(shared.url, shared.stack.token(), mixed(tokens=32), clients=CLIENTS)
+    load = Load(shared.url, shared.stack.token(), mixed(tokens=STREAM_TOKENS, whole_every=4), clients=CLIENTS)
     killed, ready = asyncio.run(kill_the_victim(load, shared))
     outcomes = load.outcomes
     assert [o for o in outcomes if o.failure or not o.complete] == []  # no hang, no cut connection
@@ -252,27 +254,44 @@ def test_a_killed_worker_fails_over_and_ends_its_streams_cleanly(shared: Shared)
 
 
 async def kill_the_victim(load: Load, shared: Shared) -> tuple[float, httpx.Response]:
-    """SIGKILL the victim while it has requests in flight; when, and /readyz once the survivor has
+    """SIGKILL the victim while it is sending a stream; when, and /readyz once the survivor has
     answered a round of new requests."""
     stop = asyncio.Event()
     traffic = asyncio.create_task(load.run(stop))
     async with httpx.AsyncClient(timeout=10) as client:
 
-        async def victim_busy() -> bool:
-            in_flight = gauge(
-                await scrape(client, shared.url), "warden_gateway_upstream_outstanding_requests",
-                upstream="local", worker=shared.workers.victim_url,
-            )  # fmt: skip
-            return sum(o.ok for o in load.outcomes) >= 4 and in_flight >= 3
+        async def victim_streaming() -> bool:
+            return sum(o.ok for o in load.outcomes) >= 4 and await streams_on(client, shared, load)
 
-        await eventually(victim_busy, 60)
-    killed = time.monotonic()
-    shared.workers.victim.kill()
+        await eventually(victim_streaming, 60)
+        killed = time.monotonic()
+        shared.workers.victim.kill()
     await oks_since(load, killed, CLIENTS)
     ready = await readyz(shared.url)
     stop.set()
     await traffic
     return killed, ready
+
+
+async def streams_on(client: httpx.AsyncClient, shared: Shared, load: Load) -> bool:
+    """Whether the victim is certainly sending a stream that is far from its end.
+
+    Streams whose first event has arrived are held by some worker until they end. If the victim holds
+    more requests than there are in flight besides those streams, one of them is on the victim."""
+    young = STREAM_TOKENS // 2
+    before, sent_before = relaying(load, young), load.sent
+    in_flight_before = len(load.in_flight)
+    victim_holds = gauge(
+        await scrape(client, shared.url), "warden_gateway_upstream_outstanding_requests",
+        upstream="local", worker=shared.workers.victim_url,
+    )  # fmt: skip
+    streaming = before & relaying(load, young)  # relaying throughout the scrape
+    others = in_flight_before + (load.sent - sent_before) - len(streaming)
+    return bool(streaming) and victim_holds > others
+
+
+def relaying(load: Load, at_most: int) -> set[int]:
+    return {key for key, progress in load.in_flight.items() if progress.relaying(at_most)}
 
 
 # -- 2. Redis killed and restarted ----------------------------------------------------------------

@@ -36,6 +36,19 @@ class Outcome:
 
 
 @dataclass
+class Progress:
+    """A request in flight: whether it streams, and the SSE events it has received so far."""
+
+    stream: bool
+    events: int = 0
+
+    def relaying(self, at_most: int) -> bool:
+        """A stream whose first event has arrived (so a worker is sending it) and that had at most
+        ``at_most`` events: far enough from its end to still be running a moment later."""
+        return self.stream and 0 < self.events <= at_most
+
+
+@dataclass
 class Load:
     """``clients`` concurrent clients sending ``body(client, n)`` until ``stop`` is set."""
 
@@ -45,6 +58,8 @@ class Load:
     clients: int = 6
     timeout_s: float = 30.0
     outcomes: list[Outcome] = field(default_factory=list)
+    in_flight: dict[int, Progress] = field(default_factory=dict)  # by the order in which they were sent
+    sent: int = 0
 
     async def run(self, stop: asyncio.Event) -> list[Outcome]:
         headers = {"authorization": f"Bearer {self.token}"}
@@ -56,7 +71,14 @@ class Load:
     async def _client(self, client: httpx.AsyncClient, number: int, stop: asyncio.Event) -> None:
         sent = 0
         while not stop.is_set():
-            outcome = await exchange(client, self.body(number, sent))
+            body = self.body(number, sent)
+            key, progress = self.sent, Progress(bool(body.get("stream")))
+            self.sent += 1
+            self.in_flight[key] = progress
+            try:
+                outcome = await exchange(client, body, progress)
+            finally:
+                del self.in_flight[key]
             self.outcomes.append(outcome)
             sent += 1
             if outcome.failure is not None:
@@ -67,8 +89,10 @@ class Load:
         return [outcome for outcome in self.outcomes if outcome.started > started]
 
 
-async def exchange(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
-    """POST one chat completion and read all of the answer."""
+async def exchange(
+    client: httpx.AsyncClient, body: dict[str, Any], progress: Progress | None = None
+) -> Outcome:
+    """POST one chat completion and read all of the answer, counting its events in ``progress``."""
     stream, started = bool(body.get("stream")), time.monotonic()
     try:
         async with client.stream("POST", CHAT_PATH, json=body) as response:
@@ -78,18 +102,22 @@ async def exchange(client: httpx.AsyncClient, body: dict[str, Any]) -> Outcome:
                 cache=headers.get("x-cache"), started=started,
             )  # fmt: skip
             try:
-                return await _read(head, response)
+                return await _read(head, response, progress or Progress(stream))
             except httpx.TransportError as exc:
                 return replace(head, failure=_failure(exc))
     except httpx.TransportError as exc:
         return Outcome(stream, failure=_failure(exc), started=started)
 
 
-async def _read(head: Outcome, response: httpx.Response) -> Outcome:
+async def _read(head: Outcome, response: httpx.Response, progress: Progress) -> Outcome:
     if not (head.stream and head.status == 200):
         payload = _json(await response.aread())
         return replace(head, complete=bool(payload), error_code=_error_code(payload))
-    events = [line async for line in response.aiter_lines() if line.startswith("data: ")]
+    events: list[str] = []
+    async for line in response.aiter_lines():
+        if line.startswith("data: "):
+            events.append(line)
+            progress.events += 1
     errors = [n for n, event in enumerate(events) if event.startswith('data: {"error"')]
     complete = bool(events) and events[-1] == DONE
     if errors and errors != [len(events) - 2]:
