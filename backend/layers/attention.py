@@ -5,8 +5,10 @@ that gathering a sequence's blocks for one head yields the contiguous ``[context
 matrix that a batched matmul reads directly (measured: the token-major layout needs a transpose
 copy and pushes SDPA onto a path several times slower for one query per sequence).
 
-A step's tokens are laid out flat: decode tokens first (one per sequence, grouped by context
-length so that each group pads little), then prefill chunks. Per-step metadata travels in one
+A step's tokens are laid out flat: decode tokens first (one per sequence), then prefill chunks.
+Decode attention either reads the cache in place through block tables (the fused CPU kernel of
+``LayerOps``) or, in plain torch, gathers each group of sequences of similar context length into
+a reused buffer and pads the group to its longest. Per-step metadata travels in one
 ``AttentionMetadata`` built once by the model runner and shared by every layer.
 """
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from backend.layers.ops import LayerOps, PagedDecode
 from backend.layers.precision import native_matmul
 
 
@@ -47,6 +50,8 @@ class LayerCache:
     views attention reads and writes it through, made once instead of at every step."""
 
     kv: torch.Tensor
+    k_cache: torch.Tensor  # [kv_heads, num_blocks, block_size, head_dim]: read through block tables
+    v_cache: torch.Tensor
     k_slots: torch.Tensor  # [kv_heads, num_blocks * block_size, head_dim]
     v_slots: torch.Tensor
     k_rows: torch.Tensor  # [kv_heads * num_blocks, block_size, head_dim]: gathered by block
@@ -61,21 +66,19 @@ class LayerCache:
         slots = kv.view(2, kv_heads, num_blocks * block_size, dim)
         rows = kv.view(2, kv_heads * num_blocks, block_size, dim)
         widen = not native_matmul(kv.dtype, kv.device.type)
-        return cls(kv, slots[0], slots[1], rows[0], rows[1], widen)
+        return cls(kv, kv[0], kv[1], slots[0], slots[1], rows[0], rows[1], widen)
 
 
 @dataclass(slots=True)
 class AttentionMetadata:
     slot_mapping: torch.Tensor  # [tokens] flat slot index of each token's KV
-    decode_groups: list[DecodeGroup] = field(default_factory=list)
+    num_decode: int = 0  # the first tokens of the step, one per decoding sequence
+    paged: PagedDecode | None = None  # when the layer ops read the cache through block tables
+    decode_groups: list[DecodeGroup] = field(default_factory=list)  # otherwise
     prefills: list[PrefillSpan] = field(default_factory=list)
     # Gather buffers reused by every layer of the step: [rows, block_size, head_dim].
     gather_k: torch.Tensor | None = None
     gather_v: torch.Tensor | None = None
-
-    @property
-    def num_decode(self) -> int:
-        return self.decode_groups[-1].end if self.decode_groups else 0
 
 
 def write_kv(cache: LayerCache, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor) -> None:
@@ -91,12 +94,20 @@ def paged_attention(
     cache: LayerCache,
     meta: AttentionMetadata,
     scale: float,
+    ops: LayerOps,
 ) -> torch.Tensor:
     """``q``: [tokens, heads, dim]; ``k``/``v``: [tokens, kv_heads, dim]. Returns [tokens, heads, dim]."""
     write_kv(cache, k, v, meta.slot_mapping)
-    if len(meta.decode_groups) == 1 and not meta.prefills:
+    if meta.paged is not None:
+        decoded = ops.decode_attention(q[: meta.num_decode], cache.k_cache, cache.v_cache, meta.paged, scale)
+        if not meta.prefills:
+            return decoded
+        out = torch.empty_like(q)
+        out[: meta.num_decode] = decoded
+    elif len(meta.decode_groups) == 1 and not meta.prefills:
         return _decode(q, cache, meta.decode_groups[0], meta, scale)
-    out = torch.empty_like(q)
+    else:
+        out = torch.empty_like(q)
     for group in meta.decode_groups:
         out[group.start : group.end] = _decode(q[group.start : group.end], cache, group, meta, scale)
     for span in meta.prefills:

@@ -33,7 +33,7 @@ def _llama3_scaled(inv_freq: torch.Tensor, s: RopeScaling) -> torch.Tensor:
 
 
 class RotaryEmbedding:
-    """Precomputed cos/sin tables for every position; ``rotate`` turns queries and keys by them."""
+    """Precomputed cos/sin tables for every position; ``LayerOps.rotate`` turns queries and keys by them."""
 
     def __init__(
         self,
@@ -59,7 +59,3 @@ class RotaryEmbedding:
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for ``positions`` as [tokens, 1, dim] in ``dtype`` (computed once per step)."""
         return self.cos[positions].to(dtype).unsqueeze(1), self.sin[positions].to(dtype).unsqueeze(1)
-
-    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        """``x``: [tokens, heads, dim] (queries and keys alike) rotated by its positions' angles."""
-        return x * cos + x.roll(self.half, dims=-1) * sin

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from backend.layers.attention import AttentionMetadata, LayerCache, paged_attention
 from backend.layers.linear import Linear
-from backend.layers.norm import rms_norm
+from backend.layers.ops import LayerOps, layer_ops
 from backend.layers.rotary import RotaryEmbedding
 from backend.models.config import ModelConfig
 
@@ -35,7 +35,12 @@ class LayerWeights:
 
 class LlamaForCausalLM:
     def __init__(
-        self, config: ModelConfig, weights: dict[str, torch.Tensor], *, device: torch.device
+        self,
+        config: ModelConfig,
+        weights: dict[str, torch.Tensor],
+        *,
+        device: torch.device,
+        ops: LayerOps | None = None,
     ) -> None:
         self.config = config
         self.device = device
@@ -79,6 +84,8 @@ class LlamaForCausalLM:
         self.q_size = config.num_attention_heads * config.head_dim
         self.kv_size = config.num_key_value_heads * config.head_dim
         self.scale = config.head_dim**-0.5
+        # Norms, rotary, SwiGLU and decode attention: fused CPU kernels where they work, else torch.
+        self.ops = ops if ops is not None else layer_ops(device, self.dtype)
 
     @property
     def weight_bytes(self) -> int:
@@ -100,24 +107,23 @@ class LlamaForCausalLM:
         """Run the flat batch; returns float32 logits for the rows in ``logits_indices``."""
         cfg = self.config
         heads, kv_heads, dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        eps = cfg.rms_norm_eps
+        eps, ops, half = cfg.rms_norm_eps, self.ops, self.rotary.half
         hidden = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary.tables(positions, self.dtype)  # once per step, shared by every layer
-        for layer, kv_cache in zip(self.layers, kv_caches, strict=True):
-            residual = hidden
-            x = rms_norm(hidden, layer.input_norm, eps)
+        x = ops.rms_norm(hidden, self.layers[0].input_norm, eps)
+        # Each residual add is fused with the norm that follows it: the next layer's input norm, or
+        # the final norm after the last layer.
+        next_norms = [layer.input_norm for layer in self.layers[1:]] + [self.final_norm]
+        for layer, kv_cache, next_norm in zip(self.layers, kv_caches, next_norms, strict=True):
             qkv = layer.qkv(x)
             # q and k sit side by side in the fused projection: rotate them in one pass.
-            qk = self.rotary.rotate(
-                qkv[:, : self.q_size + self.kv_size].view(-1, heads + kv_heads, dim), cos, sin
-            )
+            qk = qkv[:, : self.q_size + self.kv_size].view(-1, heads + kv_heads, dim)
+            qk = ops.rotate(qk, cos, sin, half)
             q, k = torch.split(qk, [heads, kv_heads], dim=1)
             v = qkv[:, self.q_size + self.kv_size :].view(-1, kv_heads, dim)
-            attn = paged_attention(q, k, v, kv_cache, meta, self.scale)
-            hidden = residual + layer.o_proj(attn.reshape(-1, heads * dim))
-            residual = hidden
-            x = rms_norm(hidden, layer.post_norm, eps)
-            gate, up = layer.gate_up(x).chunk(2, dim=-1)
-            hidden = residual + layer.down(F.silu(gate) * up)
-        selected = hidden.index_select(0, logits_indices)
-        return self.lm_head(rms_norm(selected, self.final_norm, eps)).float()
+            attn = paged_attention(q, k, v, kv_cache, meta, self.scale, ops)
+            attn_out = layer.o_proj(attn.reshape(-1, heads * dim))
+            hidden, x = ops.add_rms_norm(hidden, attn_out, layer.post_norm, eps)
+            mlp_out = layer.down(ops.silu_mul(layer.gate_up(x)))
+            hidden, x = ops.add_rms_norm(hidden, mlp_out, next_norm, eps)
+        return self.lm_head(x.index_select(0, logits_indices)).float()

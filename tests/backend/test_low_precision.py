@@ -1,8 +1,9 @@
 """bfloat16 on CPUs without native low-precision matmul: widened matmuls and decode attention.
 
 The float32 tests elsewhere pin the arithmetic to transformers; these check that the bfloat16 paths
-(matmuls of eight rows or more and decode attention computed in float32, weights kept in bfloat16)
-stay as close to the float32 reference as bfloat16 rounding allows.
+(matmuls of eight rows or more and decode attention computed in float32, weights kept in bfloat16,
+with the fused CPU kernels and with plain torch) stay as close to the float32 reference as bfloat16
+rounding allows.
 """
 
 from __future__ import annotations
@@ -37,11 +38,12 @@ def test_bfloat16_linear_matches_the_float32_product(rows: int) -> None:
         assert torch.equal(got, F.linear(x, weight, bias))  # few rows: the native kernel as is
 
 
-def test_bfloat16_engine_tracks_the_float32_reference(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kernels", [True, False], ids=["fused-cpu", "torch"])
+def test_bfloat16_engine_tracks_the_float32_reference(kernels: bool, tmp_path: Path) -> None:
     # Nine prompts: prefill chunks and decode steps of nine rows take the widened paths.
     engine = LLMEngine.from_model(
         make_tiny_hf_dir(tmp_path / "llama", "llama"),
-        EngineConfig(dtype="bfloat16", kv_cache_memory_bytes=4 << 20),
+        EngineConfig(dtype="bfloat16", kv_cache_memory_bytes=4 << 20, cpu_kernels=kernels),
     )
     reference = tiny_model("llama")
     generator = torch.Generator().manual_seed(7)

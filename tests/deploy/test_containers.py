@@ -325,7 +325,13 @@ def test_the_runtime_stage_is_the_builders_virtualenv_on_a_pinned_base(dockerfil
     else:
         assert base_name == "python" and tag.startswith("3.11") and "slim" in tag
     copies = [i.value for i in final.all("COPY") if i.value.startswith("--from=")]
-    assert copies == ["--from=builder /opt/venv /opt/venv"]
+    venv = "--from=builder /opt/venv /opt/venv"
+    if dockerfile.path.name == "worker.Dockerfile":
+        # The CPU worker also takes the fused kernels built beside the venv, and imports them from there.
+        assert copies == [venv, "--from=builder /opt/warden/kernels /opt/warden/kernels"]
+        assert final.env()["WARDEN_KERNEL_CACHE"] == "/opt/warden/kernels"
+    else:
+        assert copies == [venv]
     assert not [i for i in final.all("RUN") if "pip" in i.value], "nothing is built in the runtime stage"
     env = final.env()
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
