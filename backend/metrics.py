@@ -95,6 +95,10 @@ class EngineCollector:
         if engine is None:
             return families.values()
         stats = engine.engine.stats()
+        model = engine.engine.model
+        families["warden_worker_engine_info"].add_metric(
+            [str(model.dtype).removeprefix("torch."), model.device.type, model.ops.name], 1
+        )
         values: dict[str, float] = {
             "warden_worker_kv_blocks_total": stats.num_blocks_total,
             "warden_worker_kv_blocks_used": stats.num_blocks_used,
@@ -130,7 +134,13 @@ class EngineCollector:
             ("warden_worker_prefix_cache_queries_tokens", "Prompt tokens looked up in the prefix cache"),
             ("warden_worker_prefix_cache_hits_tokens", "Prompt tokens served from the prefix cache"),
         ]
-        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {}
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "warden_worker_engine_info": GaugeMetricFamily(
+                "warden_worker_engine_info",
+                "1, labelled with how the engine computes: dtype, device and layer ops (fused-cpu or torch)",
+                labels=["dtype", "device", "layer_ops"],
+            )
+        }
         for name, help_text in gauges:
             families[name] = GaugeMetricFamily(name, help_text)
         for name, help_text in counters:

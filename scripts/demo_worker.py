@@ -44,6 +44,18 @@ def worker_metrics(metrics_url: str) -> dict[str, float]:
     }
 
 
+def engine_description(metrics_url: str) -> str:
+    """How the worker computes, from its ``engine_info`` metric: dtype and layer ops."""
+    text = httpx.get(metrics_url, timeout=5).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "warden_worker_engine_info":
+                labels = sample.labels
+                ops = "fused C++ CPU kernels" if labels["layer_ops"] == "fused-cpu" else "plain torch ops"
+                return f"{labels['dtype']} on {labels['device']}, {ops}"
+    return "engine not reported"
+
+
 def run_worker_demo(worker_url: str, context: ssl.SSLContext, metrics_url: str) -> None:
     print("\n== The worker answers over mTLS (openai SDK with the gateway's client certificate)")
     client = OpenAI(
@@ -52,16 +64,20 @@ def run_worker_demo(worker_url: str, context: ssl.SSLContext, metrics_url: str) 
     model = client.models.list().data[0].id
     row("model", f"{model} (GGUF Q4_1, paged KV cache, continuous batching)")
     print(f"  Q: {QUESTIONS[0]}\n  A: ", end="")
-    started, first = time.perf_counter(), None
+    started, first, last, tokens = time.perf_counter(), None, 0.0, 0
     for chunk in client.chat.completions.create(
         model=model, messages=chat(QUESTIONS[0]), max_tokens=48, temperature=0, stream=True
     ):
         if chunk.choices and chunk.choices[0].delta.content:
-            first = first or time.perf_counter()
+            last, tokens = time.perf_counter(), tokens + 1  # one token per chunk (bar split characters)
+            first = first or last
             sys.stdout.write(chunk.choices[0].delta.content)
             sys.stdout.flush()
     print()
     row("time to first token", f"{((first or started) - started) * 1000:.0f} ms (streamed as SSE)")
+    if first is not None and tokens > 1:
+        rate = (tokens - 1) / (last - first)
+        row("one stream's decode speed", f"{rate:.0f} tokens/s ({engine_description(metrics_url)})")
 
     before = worker_metrics(metrics_url)
 

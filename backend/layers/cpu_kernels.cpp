@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 namespace {
@@ -63,38 +64,126 @@ void check_cpu(const torch::Tensor& t, const char* name) {
   TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor");
 }
 
+// ---- rows in float32, rounded as the dtype rounds ---------------------------------------------
+
+inline uint32_t bits_of(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  return u;
+}
+
+inline float float_of(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// Each value rounded to bfloat16 and back, as c10::BFloat16 rounds (nearest even, NaN stays NaN),
+// written so that the loop vectorizes.
+__attribute__((target_clones("avx2", "default"))) void round_bf16(float* v, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t u = bits_of(v[i]);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) & 0xFFFF0000u;
+    v[i] = v[i] != v[i] ? float_of(0x7FC00000u) : float_of(rounded);
+  }
+}
+
+__attribute__((target_clones("avx2", "default"))) float sum_of_squares(const float* v, int64_t n) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int t = 0; t < 8; ++t) lanes[t] += v[i + t] * v[i + t];
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += v[i] * v[i];
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail;
+}
+
+__attribute__((target_clones("avx2", "default"))) void multiply(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] * b[i];
+}
+
+__attribute__((target_clones("avx2", "default"))) void add(const float* a, const float* b, float* out, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) out[i] = a[i] + b[i];
+}
+
+// Loads, rounding and stores for one dtype: float32 (rounding is the identity), bfloat16 (by bits,
+// vectorized) and float16 (through c10::Half, one value at a time).
+template <typename T>
+struct Rows {
+  static void load(const T* src, int64_t n, float* dst) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<float>(src[i]);
+  }
+  static void round(float* v, int64_t n) {
+    for (int64_t i = 0; i < n; ++i) v[i] = static_cast<float>(static_cast<T>(v[i]));
+  }
+  static void store(const float* rounded, int64_t n, T* dst) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<T>(rounded[i]);
+  }
+};
+
+template <>
+struct Rows<float> {
+  static void load(const float* src, int64_t n, float* dst) { std::memcpy(dst, src, n * sizeof(float)); }
+  static void round(float*, int64_t) {}
+  static void store(const float* rounded, int64_t n, float* dst) { std::memcpy(dst, rounded, n * sizeof(float)); }
+};
+
+template <>
+struct Rows<c10::BFloat16> {
+  static void load(const c10::BFloat16* src, int64_t n, float* dst) {
+    const uint16_t* bits = reinterpret_cast<const uint16_t*>(src);
+    for (int64_t i = 0; i < n; ++i) dst[i] = float_of(static_cast<uint32_t>(bits[i]) << 16);
+  }
+  static void round(float* v, int64_t n) { round_bf16(v, n); }
+  static void store(const float* rounded, int64_t n, c10::BFloat16* dst) {
+    uint16_t* bits = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) bits[i] = static_cast<uint16_t>(bits_of(rounded[i]) >> 16);
+  }
+};
+
 // ---- RMSNorm ---------------------------------------------------------------------------------
 
+// Rows of x (and, with delta, x + delta rounded to the dtype, stored in sum) normalized in float32,
+// rounded, then multiplied by the weight and rounded again: the reference's
+// ``weight * rms_norm(x.float()).to(dtype)``.
 template <typename T>
-void rms_norm_rows(const T* x, int64_t x_stride, const T* weight, T* out, int64_t rows, int64_t n, double eps) {
+void rms_norm_rows(const T* x, const T* delta, T* sum, const T* weight, T* out, int64_t rows, int64_t n, double eps) {
+  std::vector<float> w(n);
+  Rows<T>::load(weight, n, w.data());
   at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
+    std::vector<float> v(n), other(n);
     for (int64_t r = begin; r < end; ++r) {
-      const T* row = x + r * x_stride;
-      double squares = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        const float v = widen(row[i]);
-        squares += static_cast<double>(v) * v;
+      Rows<T>::load(x + r * n, n, v.data());
+      if (delta != nullptr) {
+        Rows<T>::load(delta + r * n, n, other.data());
+        add(v.data(), other.data(), v.data(), n);
+        Rows<T>::round(v.data(), n);
+        Rows<T>::store(v.data(), n, sum + r * n);
       }
-      const float mean = static_cast<float>(squares / static_cast<double>(n));
+      const float mean = sum_of_squares(v.data(), n) / static_cast<float>(n);
       const float inv = 1.0f / std::sqrt(mean + static_cast<float>(eps));
-      T* o = out + r * n;
-      for (int64_t i = 0; i < n; ++i) {
-        // weight * normalized.to(dtype), both products as the reference rounds them
-        const T normalized = narrow<T>(widen(row[i]) * inv);
-        o[i] = narrow<T>(widen(weight[i]) * widen(normalized));
-      }
+      for (int64_t i = 0; i < n; ++i) v[i] *= inv;
+      Rows<T>::round(v.data(), n);
+      multiply(v.data(), w.data(), v.data(), n);
+      Rows<T>::round(v.data(), n);
+      Rows<T>::store(v.data(), n, out + r * n);
     }
   });
 }
 
-torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+void check_norm_args(const torch::Tensor& x, const torch::Tensor& weight) {
   check_cpu(x, "x");
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x must be [rows, hidden] with contiguous rows");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x must be contiguous [rows, hidden]");
   TORCH_CHECK(weight.is_contiguous() && weight.numel() == x.size(1) && weight.scalar_type() == x.scalar_type(),
               "weight must be [hidden] in x's dtype");
-  auto out = torch::empty({x.size(0), x.size(1)}, x.options());
+}
+
+torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, double eps) {
+  check_norm_args(x, weight);
+  auto out = torch::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rms_norm", [&] {
-    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), x.stride(0), weight.data_ptr<scalar_t>(),
+    rms_norm_rows<scalar_t>(x.data_ptr<scalar_t>(), nullptr, nullptr, weight.data_ptr<scalar_t>(),
                             out.data_ptr<scalar_t>(), x.size(0), x.size(1), eps);
   });
   return out;
@@ -103,20 +192,18 @@ torch::Tensor rms_norm(const torch::Tensor& x, const torch::Tensor& weight, doub
 // residual + delta (rounded as the reference adds them), and the RMSNorm of that sum.
 std::vector<torch::Tensor> add_rms_norm(const torch::Tensor& residual, const torch::Tensor& delta,
                                         const torch::Tensor& weight, double eps) {
-  check_cpu(residual, "residual");
-  TORCH_CHECK(residual.sizes() == delta.sizes() && residual.scalar_type() == delta.scalar_type(),
-              "residual and delta must match");
-  TORCH_CHECK(residual.dim() == 2 && residual.is_contiguous() && delta.is_contiguous(),
-              "residual and delta must be contiguous [rows, hidden]");
+  check_norm_args(residual, weight);
+  TORCH_CHECK(residual.sizes() == delta.sizes() && residual.scalar_type() == delta.scalar_type() &&
+                  delta.is_contiguous(),
+              "delta must be contiguous and match residual");
   auto sum = torch::empty_like(residual);
+  auto out = torch::empty_like(residual);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, residual.scalar_type(), "add_rms_norm", [&] {
-    const scalar_t* a = residual.data_ptr<scalar_t>();
-    const scalar_t* b = delta.data_ptr<scalar_t>();
-    scalar_t* s = sum.data_ptr<scalar_t>();
-    const int64_t total = residual.numel();
-    for (int64_t i = 0; i < total; ++i) s[i] = narrow<scalar_t>(widen(a[i]) + widen(b[i]));
+    rms_norm_rows<scalar_t>(residual.data_ptr<scalar_t>(), delta.data_ptr<scalar_t>(), sum.data_ptr<scalar_t>(),
+                            weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), residual.size(0),
+                            residual.size(1), eps);
   });
-  return {sum, rms_norm(sum, weight, eps)};
+  return {sum, out};
 }
 
 // ---- rotary embedding ------------------------------------------------------------------------
@@ -135,22 +222,23 @@ torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const tor
   auto out = torch::empty({tokens, heads, dim}, x.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "rotary", [&] {
     const scalar_t* src = x.data_ptr<scalar_t>();
-    const scalar_t* c = cos.data_ptr<scalar_t>();
-    const scalar_t* s = sin.data_ptr<scalar_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
     at::parallel_for(0, tokens, 64, [&](int64_t begin, int64_t end) {
+      std::vector<float> c(dim), s(dim), row(dim), rolled(dim), a(dim), b(dim);
       for (int64_t t = begin; t < end; ++t) {
-        const scalar_t* ct = c + t * dim;
-        const scalar_t* st = s + t * dim;
+        Rows<scalar_t>::load(cos.data_ptr<scalar_t>() + t * dim, dim, c.data());
+        Rows<scalar_t>::load(sin.data_ptr<scalar_t>() + t * dim, dim, s.data());
         for (int64_t h = 0; h < heads; ++h) {
-          const scalar_t* row = src + t * x.stride(0) + h * x.stride(1);
-          scalar_t* dst = o + (t * heads + h) * dim;
-          for (int64_t i = 0; i < dim; ++i) {
-            const int64_t j = i < half ? i + half : i - half;
-            const scalar_t a = narrow<scalar_t>(widen(row[i]) * widen(ct[i]));
-            const scalar_t b = narrow<scalar_t>(widen(row[j]) * widen(st[i]));
-            dst[i] = narrow<scalar_t>(widen(a) + widen(b));
-          }
+          Rows<scalar_t>::load(src + t * x.stride(0) + h * x.stride(1), dim, row.data());
+          std::memcpy(rolled.data(), row.data() + half, half * sizeof(float));
+          std::memcpy(rolled.data() + half, row.data(), half * sizeof(float));
+          multiply(row.data(), c.data(), a.data(), dim);
+          Rows<scalar_t>::round(a.data(), dim);
+          multiply(rolled.data(), s.data(), b.data(), dim);
+          Rows<scalar_t>::round(b.data(), dim);
+          add(a.data(), b.data(), a.data(), dim);
+          Rows<scalar_t>::round(a.data(), dim);
+          Rows<scalar_t>::store(a.data(), dim, o + (t * heads + h) * dim);
         }
       }
     });
@@ -160,29 +248,13 @@ torch::Tensor rotary(const torch::Tensor& x, const torch::Tensor& cos, const tor
 
 // ---- SwiGLU ----------------------------------------------------------------------------------
 
-// silu(gate) * up for gate_up = [gate | up] along the last dimension.
+// silu(gate) * up for gate_up = [gate | up] along the last dimension: torch's own vectorized silu
+// and product (bit for bit the reference), called from here so that one call from Python does both.
 torch::Tensor silu_mul(const torch::Tensor& gate_up) {
   check_cpu(gate_up, "gate_up");
-  TORCH_CHECK(gate_up.dim() == 2 && gate_up.is_contiguous() && gate_up.size(1) % 2 == 0,
-              "gate_up must be contiguous [rows, 2 * intermediate]");
-  const int64_t rows = gate_up.size(0), width = gate_up.size(1) / 2;
-  auto out = torch::empty({rows, width}, gate_up.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, gate_up.scalar_type(), "silu_mul", [&] {
-    const scalar_t* src = gate_up.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, rows, 16, [&](int64_t begin, int64_t end) {
-      for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* gate = src + r * 2 * width;
-        const scalar_t* up = gate + width;
-        for (int64_t i = 0; i < width; ++i) {
-          const float g = widen(gate[i]);
-          const scalar_t activated = narrow<scalar_t>(g / (1.0f + std::exp(-g)));
-          o[r * width + i] = narrow<scalar_t>(widen(activated) * widen(up[i]));
-        }
-      }
-    });
-  });
-  return out;
+  TORCH_CHECK(gate_up.dim() == 2 && gate_up.size(1) % 2 == 0, "gate_up must be [rows, 2 * intermediate]");
+  const auto halves = gate_up.chunk(2, -1);
+  return at::mul(at::silu(halves[0]), halves[1]);
 }
 
 // ---- paged decode attention ------------------------------------------------------------------

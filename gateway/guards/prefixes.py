@@ -13,7 +13,7 @@ MAX_PREFIXES = 96
 ENOUGH = 8  # a prefix this long is selective enough; longer ones only multiply the set
 
 try:  # the parser behind re.compile; private, so every failure falls back to "always run"
-    from re import _parser as _sre_parser  # type: ignore[attr-defined]
+    from re import _parser as _sre_parser  # type: ignore[attr-defined,unused-ignore]
 except ImportError:  # pragma: no cover - other Python versions
     _sre_parser = None
 

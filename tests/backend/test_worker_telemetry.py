@@ -46,6 +46,7 @@ GAUGES = {
     "warden_worker_requests_waiting",
     "warden_worker_prefix_cache_hit_ratio",
     "warden_worker_generation_tokens_per_second",
+    "warden_worker_engine_info",
 }
 COUNTERS = {  # as the parser names them: without _total
     "warden_worker_preemptions",
@@ -231,7 +232,7 @@ def test_a_refused_request_ends_its_span_with_the_error(
     assert "gen_ai.request.model" not in attributes  # the client's model name is not ours to record
 
 
-def test_metrics_expose_every_name_and_move_with_a_request(client: TestClient) -> None:
+def test_metrics_expose_every_name_and_move_with_a_request(client: TestClient, engine: LLMEngine) -> None:
     text = client.get("/metrics").text
     families = {f.name: f.type for f in text_string_to_metric_families(text)}
     assert {name: families.get(name) for name in GAUGES} == dict.fromkeys(GAUGES, "gauge")
@@ -262,6 +263,9 @@ def test_metrics_expose_every_name_and_move_with_a_request(client: TestClient) -
     assert after["warden_worker_kv_blocks_free"] == after["warden_worker_kv_blocks_total"]
     assert after["warden_worker_requests_running"] == after["warden_worker_requests_waiting"] == 0
     assert 0 <= after["warden_worker_prefix_cache_hit_ratio"] <= 1
+    # On this CPU, through the fused kernels the bootstrap built.
+    dtype = str(engine.model.dtype).removeprefix("torch.")
+    assert after[f"warden_worker_engine_info{{device=cpu,dtype={dtype},layer_ops=fused-cpu}}"] == 1
     assert MARKER not in client.get("/metrics").text
 
 

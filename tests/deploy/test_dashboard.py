@@ -49,6 +49,7 @@ CONTRACT: dict[str, str] = {
     "warden_worker_requests_waiting": "gauge",
     "warden_worker_prefix_cache_hit_ratio": "gauge",
     "warden_worker_generation_tokens_per_second": "gauge",
+    "warden_worker_engine_info": "gauge",
     "warden_worker_preemptions": "counter",
     "warden_worker_engine_steps": "counter",
     "warden_worker_prefix_cache_queries_tokens": "counter",

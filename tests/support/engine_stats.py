@@ -25,7 +25,12 @@ def loaded_engine(*, blocks_used: int = 0, running: int = 0, steps: int = 0) -> 
         prefix_cache_queries=0,
         prefix_cache_hits=0,
     )
+    model = SimpleNamespace(
+        dtype="torch.bfloat16", device=SimpleNamespace(type="cpu"), ops=SimpleNamespace(name="torch")
+    )
     return cast(
         "AsyncEngine",
-        SimpleNamespace(engine=SimpleNamespace(stats=lambda: stats), num_waiting=0, num_steps=steps),
+        SimpleNamespace(
+            engine=SimpleNamespace(stats=lambda: stats, model=model), num_waiting=0, num_steps=steps
+        ),
     )
