@@ -11,6 +11,7 @@ import httpx
 from openai import AsyncOpenAI, DefaultAsyncHttpxClient, DefaultHttpxClient, OpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
 QUESTIONS = [
     "What is the capital of France?",
@@ -33,26 +34,24 @@ def chat(question: str) -> list[ChatCompletionMessageParam]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
-def worker_metrics(metrics_url: str) -> dict[str, float]:
-    """Unlabelled samples of the worker's metrics port (plain HTTP, kept off the mTLS port)."""
+def worker_samples(metrics_url: str) -> list[Sample]:
+    """Every sample of the worker's metrics port (plain HTTP, kept off the mTLS port)."""
     text = httpx.get(metrics_url, timeout=5).text
-    return {
-        sample.name: sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if not sample.labels
-    }
+    return [sample for family in text_string_to_metric_families(text) for sample in family.samples]
+
+
+def worker_metrics(metrics_url: str) -> dict[str, float]:
+    """The unlabelled samples by name."""
+    return {sample.name: sample.value for sample in worker_samples(metrics_url) if not sample.labels}
 
 
 def engine_description(metrics_url: str) -> str:
     """How the worker computes, from its ``engine_info`` metric: dtype and layer ops."""
-    text = httpx.get(metrics_url, timeout=5).text
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == "warden_worker_engine_info":
-                labels = sample.labels
-                ops = "fused C++ CPU kernels" if labels["layer_ops"] == "fused-cpu" else "plain torch ops"
-                return f"{labels['dtype']} on {labels['device']}, {ops}"
+    for sample in worker_samples(metrics_url):
+        if sample.name == "warden_worker_engine_info":
+            labels = sample.labels
+            ops = "fused C++ CPU kernels" if labels["layer_ops"] == "fused-cpu" else "plain torch ops"
+            return f"{labels['dtype']} on {labels['device']}, {ops}"
     return "engine not reported"
 
 

@@ -109,12 +109,15 @@ class ModelRunner:
         return span
 
     def _paged_decode(self, decodes: list[ScheduledSeq]) -> PagedDecode:
-        bs = self.block_size
         lengths = [s.seq.num_computed_tokens + 1 for s in decodes]
-        width = -(-max(lengths) // bs)
-        # Entries past a sequence's own blocks are padding the kernel never reads.
-        tables = [s.seq.block_table[:width] + [0] * (width - len(s.seq.block_table)) for s in decodes]
-        return PagedDecode(self._tensor(tables), self._tensor(lengths))
+        width = -(-max(lengths) // self.block_size)
+        return PagedDecode(self._block_tables(decodes, width), self._tensor(lengths))
+
+    def _block_tables(self, decodes: list[ScheduledSeq], width: int) -> torch.Tensor:
+        """[seqs, width] block ids; entries past a sequence's own blocks point at block 0, which the
+        kernel never reads and the torch path masks."""
+        tables = [s.seq.block_table[:width] for s in decodes]
+        return self._tensor([table + [0] * (width - len(table)) for table in tables])
 
     def _decode_metadata(self, decodes: list[ScheduledSeq], meta: AttentionMetadata) -> None:
         bs = self.block_size
@@ -123,10 +126,7 @@ class ModelRunner:
         for start, end in split_into_groups(block_counts):
             width = block_counts[end - 1]
             members = decodes[start:end]
-            # Padded entries point at block 0; the mask hides them.
-            tables = self._tensor(
-                [s.seq.block_table[:width] + [0] * (width - len(s.seq.block_table)) for s in members]
-            )
+            tables = self._block_tables(members, width)
             lens = self._tensor([s.seq.num_computed_tokens + 1 for s in members]).unsqueeze(1)
             cols = torch.arange(width * bs, device=self.device).unsqueeze(0)
             mask = torch.zeros((len(members), width * bs), device=self.device).masked_fill_(

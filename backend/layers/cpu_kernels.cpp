@@ -3,7 +3,7 @@
 // Each one does in a single call what the reference path (plain torch) spells out op by op, so a
 // one-row decode step stops paying per-op dispatch for them. Elementwise kernels round to the
 // tensor's dtype wherever the reference does (bfloat16 and float16 products and sums are computed
-// in float32 and rounded, as torch does); reductions accumulate in float32 or wider.
+// in float32 and rounded, as torch does); reductions accumulate in float32.
 //
 // Built at first use by backend/layers/fused.py and checked there against the reference path.
 
@@ -19,31 +19,26 @@
 
 namespace {
 
-template <typename T>
-inline float widen(T value) {
-  return static_cast<float>(value);
+// The float32 loops below are compiled twice (target_clones): an AVX2 clone is picked at run time
+// where the CPU has it, so the build itself stays portable.
+
+// Eight independent lanes, so that the compiler vectorizes the sum without reassociating it;
+// inlined into each clone that calls it.
+inline __attribute__((always_inline)) float dot(const float* a, const float* b, int64_t n) {
+  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int t = 0; t < 8; ++t) lanes[t] += a[i + t] * b[i + t];
+  }
+  float tail = 0;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail;
 }
 
-template <typename T>
-inline T narrow(float value) {
-  return static_cast<T>(value);  // round to nearest even for BFloat16 and Half
-}
-
-// The inner loops over head_dim: independent lanes so that the compiler vectorizes them without
-// reassociating a sum; a clone for AVX2 is picked at run time where the CPU has it.
+// Each of ``group`` query rows against one key row.
 __attribute__((target_clones("avx2", "default"))) void dots(
     const float* queries, int64_t group, int64_t dim, const float* key, float* out) {
-  for (int64_t h = 0; h < group; ++h) {
-    const float* q = queries + h * dim;
-    float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-    int64_t d = 0;
-    for (; d + 8 <= dim; d += 8) {
-      for (int t = 0; t < 8; ++t) lanes[t] += q[d + t] * key[d + t];
-    }
-    float tail = 0;
-    for (; d < dim; ++d) tail += q[d] * key[d];
-    out[h] = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail;
-  }
+  for (int64_t h = 0; h < group; ++h) out[h] = dot(queries + h * dim, key, dim);
 }
 
 __attribute__((target_clones("avx2", "default"))) void accumulate(
@@ -53,11 +48,6 @@ __attribute__((target_clones("avx2", "default"))) void accumulate(
     float* o = out + h * dim;
     for (int64_t d = 0; d < dim; ++d) o[d] += w * value[d];
   }
-}
-
-template <typename T>
-inline void widen_row(const T* src, int64_t n, float* dst) {
-  for (int64_t i = 0; i < n; ++i) dst[i] = widen(src[i]);
 }
 
 void check_cpu(const torch::Tensor& t, const char* name) {
@@ -89,14 +79,11 @@ __attribute__((target_clones("avx2", "default"))) void round_bf16(float* v, int6
 }
 
 __attribute__((target_clones("avx2", "default"))) float sum_of_squares(const float* v, int64_t n) {
-  float lanes[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) {
-    for (int t = 0; t < 8; ++t) lanes[t] += v[i + t] * v[i + t];
-  }
-  float tail = 0;
-  for (; i < n; ++i) tail += v[i] * v[i];
-  return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7])) + tail;
+  return dot(v, v, n);
+}
+
+__attribute__((target_clones("avx2", "default"))) void scale_by(float* v, float factor, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) v[i] *= factor;
 }
 
 __attribute__((target_clones("avx2", "default"))) void multiply(const float* a, const float* b, float* out, int64_t n) {
@@ -163,7 +150,7 @@ void rms_norm_rows(const T* x, const T* delta, T* sum, const T* weight, T* out, 
       }
       const float mean = sum_of_squares(v.data(), n) / static_cast<float>(n);
       const float inv = 1.0f / std::sqrt(mean + static_cast<float>(eps));
-      for (int64_t i = 0; i < n; ++i) v[i] *= inv;
+      scale_by(v.data(), inv, n);
       Rows<T>::round(v.data(), n);
       multiply(v.data(), w.data(), v.data(), n);
       Rows<T>::round(v.data(), n);
@@ -300,19 +287,21 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k_ca
     const scalar_t* keys = k_cache.data_ptr<scalar_t>();
     const scalar_t* values = v_cache.data_ptr<scalar_t>();
     at::parallel_for(0, seqs * kv_heads, grain, [&](int64_t begin, int64_t end) {
-      std::vector<float> queries(group * dim), row(dim), scores, acc(group * dim), weights(group);
+      std::vector<float> queries(group * dim), row(dim), scores, acc(group * dim);
       for (int64_t pair = begin; pair < end; ++pair) {
         const int64_t s = pair / kv_heads, g = pair % kv_heads, len = lens[s];
         for (int64_t h = 0; h < group; ++h) {
           const scalar_t* qrow = q.data_ptr<scalar_t>() + s * q.stride(0) + (g * group + h) * q.stride(1);
-          for (int64_t d = 0; d < dim; ++d) queries[h * dim + d] = widen(narrow<scalar_t>(widen(qrow[d]) * scale_f));
+          Rows<scalar_t>::load(qrow, dim, queries.data() + h * dim);
         }
+        scale_by(queries.data(), scale_f, group * dim);
+        Rows<scalar_t>::round(queries.data(), group * dim);
         scores.resize(len * group);
         const int64_t* table = tables + s * max_blocks;
         const scalar_t* head_keys = keys + g * num_blocks * block_size * dim;
         const scalar_t* head_values = values + g * num_blocks * block_size * dim;
         for (int64_t j = 0; j < len; ++j) {
-          widen_row(head_keys + (table[j / block_size] * block_size + j % block_size) * dim, dim, row.data());
+          Rows<scalar_t>::load(head_keys + (table[j / block_size] * block_size + j % block_size) * dim, dim, row.data());
           dots(queries.data(), group, dim, row.data(), scores.data() + j * group);
         }
         for (int64_t h = 0; h < group; ++h) {
@@ -328,11 +317,11 @@ torch::Tensor decode_attention(const torch::Tensor& q, const torch::Tensor& k_ca
         }
         std::fill(acc.begin(), acc.end(), 0.0f);
         for (int64_t j = 0; j < len; ++j) {
-          widen_row(head_values + (table[j / block_size] * block_size + j % block_size) * dim, dim, row.data());
+          Rows<scalar_t>::load(head_values + (table[j / block_size] * block_size + j % block_size) * dim, dim, row.data());
           accumulate(scores.data() + j * group, group, dim, row.data(), acc.data());
         }
-        scalar_t* o = out.data_ptr<scalar_t>() + (s * heads + g * group) * dim;
-        for (int64_t i = 0; i < group * dim; ++i) o[i] = narrow<scalar_t>(acc[i]);
+        Rows<scalar_t>::round(acc.data(), group * dim);
+        Rows<scalar_t>::store(acc.data(), group * dim, out.data_ptr<scalar_t>() + (s * heads + g * group) * dim);
       }
     });
   });

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from types import ModuleType
 from typing import Protocol
 
@@ -44,8 +45,8 @@ class LayerOps(Protocol):
         """``residual + delta`` and its RMSNorm."""
         ...
 
-    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
-        """``x * cos + roll(x, half) * sin`` for ``x``: [tokens, heads, dim], as a new tensor."""
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """``x * cos + roll(x, dim // 2) * sin`` for ``x``: [tokens, heads, dim], as a new tensor."""
         ...
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
@@ -74,8 +75,8 @@ class TorchOps:
         hidden = residual + delta
         return hidden, rms_norm(hidden, weight, eps)
 
-    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
-        return x * cos + x.roll(half, dims=-1) * sin
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * sin
 
     def silu_mul(self, gate_up: torch.Tensor) -> torch.Tensor:
         gate, up = gate_up.chunk(2, dim=-1)
@@ -118,7 +119,7 @@ class FusedCpuOps:
         hidden, normed = self._k.add_rms_norm(residual, delta, weight, eps)
         return hidden, normed
 
-    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, half: int) -> torch.Tensor:
+    def rotate(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self._k.rotary(x, cos, sin)
         return out
 
@@ -137,8 +138,12 @@ class FusedCpuOps:
 
 def layer_ops(device: torch.device, dtype: torch.dtype) -> LayerOps:
     """The fused kernels on CPU when they build and agree with the reference on a probe; else torch."""
-    if device.type != "cpu":
-        return TorchOps()
+    return _cpu_ops(dtype) if device.type == "cpu" else TorchOps()
+
+
+@cache
+def _cpu_ops(dtype: torch.dtype) -> LayerOps:
+    """Decided once per dtype and process: every model loaded later reuses the answer."""
     kernels = fused.cpu_kernels()
     if kernels is None:
         return TorchOps()
@@ -173,7 +178,7 @@ def disagreement(ops: LayerOps, reference: LayerOps, dtype: torch.dtype) -> str 
     cases: dict[str, Callable[[LayerOps], torch.Tensor]] = {
         "rms_norm": lambda o: o.rms_norm(x, weight, 1e-5),
         "add_rms_norm": lambda o: torch.cat(o.add_rms_norm(x, delta, weight, 1e-5)),
-        "rotate": lambda o: o.rotate(qk, cos, sin, 8),
+        "rotate": lambda o: o.rotate(qk, cos, sin),
         "silu_mul": lambda o: o.silu_mul(x),
         "decode_attention": lambda o: o.decode_attention(q, k_cache, v_cache, paged, 0.25),
     }

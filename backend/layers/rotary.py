@@ -54,7 +54,6 @@ class RotaryEmbedding:
         half = head_dim // 2
         sin = emb.sin()
         self.sin = torch.cat((-sin[:, :half], sin[:, half:]), dim=-1).to(device)
-        self.half = half
 
     def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin for ``positions`` as [tokens, 1, dim] in ``dtype`` (computed once per step)."""

@@ -86,6 +86,9 @@ class LlamaForCausalLM:
         self.scale = config.head_dim**-0.5
         # Norms, rotary, SwiGLU and decode attention: fused CPU kernels where they work, else torch.
         self.ops = ops if ops is not None else layer_ops(device, self.dtype)
+        # Each residual add is fused with the norm that follows it: the next layer's input norm, or
+        # the final norm after the last layer.
+        self.next_norms = [layer.input_norm for layer in self.layers[1:]] + [self.final_norm]
 
     @property
     def weight_bytes(self) -> int:
@@ -107,18 +110,15 @@ class LlamaForCausalLM:
         """Run the flat batch; returns float32 logits for the rows in ``logits_indices``."""
         cfg = self.config
         heads, kv_heads, dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        eps, ops, half = cfg.rms_norm_eps, self.ops, self.rotary.half
+        eps, ops = cfg.rms_norm_eps, self.ops
         hidden = F.embedding(input_ids, self.embed)
         cos, sin = self.rotary.tables(positions, self.dtype)  # once per step, shared by every layer
         x = ops.rms_norm(hidden, self.layers[0].input_norm, eps)
-        # Each residual add is fused with the norm that follows it: the next layer's input norm, or
-        # the final norm after the last layer.
-        next_norms = [layer.input_norm for layer in self.layers[1:]] + [self.final_norm]
-        for layer, kv_cache, next_norm in zip(self.layers, kv_caches, next_norms, strict=True):
+        for layer, kv_cache, next_norm in zip(self.layers, kv_caches, self.next_norms, strict=True):
             qkv = layer.qkv(x)
             # q and k sit side by side in the fused projection: rotate them in one pass.
             qk = qkv[:, : self.q_size + self.kv_size].view(-1, heads + kv_heads, dim)
-            qk = ops.rotate(qk, cos, sin, half)
+            qk = ops.rotate(qk, cos, sin)
             q, k = torch.split(qk, [heads, kv_heads], dim=1)
             v = qkv[:, self.q_size + self.kv_size :].view(-1, kv_heads, dim)
             attn = paged_attention(q, k, v, kv_cache, meta, self.scale, ops)
