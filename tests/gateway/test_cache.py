@@ -66,7 +66,9 @@ def settings(
 @asynccontextmanager
 async def connected(url: str, prefix: str | None = None) -> AsyncIterator[RedisState]:
     name = prefix or f"t{uuid.uuid4().hex[:10]}:"
-    state = RedisState(RedisSettings(url=SecretStr(url), key_prefix=name, command_timeout_s=5.0))
+    state = RedisState(
+        RedisSettings(url=SecretStr(url), key_prefix=name, command_timeout_s=5.0, connect_timeout_s=5.0)
+    )
     await state.start()
     try:
         yield state

@@ -40,14 +40,16 @@ async def limiters(
     async with AsyncExitStack() as stack:
         result = []
         for _ in range(replicas):
-            # A generous command timeout: these tests are about shared atomic buckets, and a slow
-            # command on a loaded machine must not turn them into per-replica fallback tests.
+            # Generous command and connect timeouts: these tests are about shared atomic buckets, and
+            # a slow command, or one of the many connections a burst opens at once, on a loaded
+            # machine must not turn them into per-replica fallback tests.
             state = RedisState(
                 RedisSettings(
                     url=SecretStr(url),
                     key_prefix=prefix,
                     outage_limit_fraction=fraction,
                     command_timeout_s=5.0,
+                    connect_timeout_s=5.0,
                 )
             )
             await state.start()
